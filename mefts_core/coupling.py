@@ -1,0 +1,113 @@
+"""Stream arithmetic of the scaled additive coupling y = s·x + F(·): float (the paper's) or exact fixed point.
+
+Exact mode (MacKay et al. 2018, meft-spec.md §9): streams are int64 with `frac_bits` fractional bits; F and G run in
+float on the streams' float values and their outputs are rounded to fixed point; a scale s = p/q is applied as a floor
+division whose remainders (0..q-1) go to a small buffer. The inverse pops the buffer, so it is bit-exact at any depth.
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import torch
+
+
+class FloatArith:
+    """The paper's arithmetic: inversion divides by the scale and amplifies rounding error by 1/s per layer."""
+
+    exact = False
+
+    def __init__(self, dtype: torch.dtype = torch.float32) -> None:
+        self.dtype = dtype
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return x.to(self.dtype)
+
+    def decode(self, s: torch.Tensor) -> torch.Tensor:
+        return s
+
+    def scale(self, s: torch.Tensor, factor: Fraction) -> tuple[torch.Tensor, None]:
+        return s * float(factor), None
+
+    def unscale(self, s: torch.Tensor, buf: None, factor: Fraction) -> torch.Tensor:
+        if factor == 0:
+            raise ZeroDivisionError("a bypass factor of 0 is not invertible (use it for forward-only checks)")
+        return s / float(factor)
+
+    def add(self, s: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+        return s + f.to(s.dtype)
+
+    def sub(self, s: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+        return s - f.to(s.dtype)
+
+
+class ExactArith:
+    """Fixed-point streams: int64 with `frac_bits` fractional bits; scales p/q keep their remainders in a buffer."""
+
+    exact = True
+
+    def __init__(self, frac_bits: int = 32, dtype: torch.dtype = torch.float32) -> None:
+        self.frac_bits = frac_bits
+        self.one = float(2**frac_bits)
+        self.dtype = dtype  # the float dtype F and G see
+        # |value| must stay below this so that s·p and the sum of two streams fit in int64.
+        self.limit = float(2 ** (62 - frac_bits - 12))
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """float -> fixed point. Deterministic: x·2^k is exact in float, then rounds once."""
+        x = x.detach()
+        if not torch.isfinite(x).all() or x.abs().max() >= self.limit:
+            raise OverflowError(
+                f"exact reversible stream out of range (|x| >= {self.limit:.3g} or not finite); "
+                "use recompute='float' or fewer frac_bits"
+            )
+        return (x.double() * self.one).round().to(torch.int64)
+
+    def decode(self, s: torch.Tensor) -> torch.Tensor:
+        """fixed point -> float (the value F and G see): a deterministic function of the integers."""
+        return (s.double() / self.one).to(self.dtype)
+
+    def scale(self, s: torch.Tensor, factor: Fraction) -> tuple[torch.Tensor, torch.Tensor | None]:
+        p, q = factor.numerator, factor.denominator
+        sp = s * p if p != 1 else s
+        if q == 1:
+            return sp, None
+        out = torch.div(sp, q, rounding_mode="floor")
+        rem = (sp - out * q).to(torch.uint8)  # in [0, q): q <= 256 is checked by the config
+        return out, _pack(rem, q)
+
+    def unscale(self, s: torch.Tensor, buf: torch.Tensor | None, factor: Fraction) -> torch.Tensor:
+        p, q = factor.numerator, factor.denominator
+        if p == 0:
+            raise ZeroDivisionError("a bypass factor of 0 is not invertible (use it for forward-only checks)")
+        sp = s * q if q != 1 else s
+        if buf is not None:
+            sp = sp + _unpack(buf, q, s.shape).to(torch.int64)
+        return torch.div(sp, p, rounding_mode="floor") if p != 1 else sp  # exact: sp is a multiple of p
+
+    def add(self, s: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+        return s + self.encode(f)
+
+    def sub(self, s: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+        return s - self.encode(f)
+
+
+def _pack(rem: torch.Tensor, q: int) -> torch.Tensor:
+    """Remainders < 16 take 4 bits: two per byte along the last (even-sized) dim."""
+    if q <= 16 and rem.shape[-1] % 2 == 0:
+        return rem[..., 0::2] | (rem[..., 1::2] << 4)  # (..., d/2) uint8
+    return rem
+
+
+def _unpack(buf: torch.Tensor, q: int, shape: torch.Size) -> torch.Tensor:
+    if buf.shape == shape:
+        return buf
+    out = torch.empty(shape, dtype=torch.uint8, device=buf.device)
+    out[..., 0::2] = buf & 0x0F
+    out[..., 1::2] = buf >> 4
+    return out
+
+
+def as_fraction(x: float) -> Fraction:
+    """0.1 -> 1/10 (the config already checked that x is such a rational)."""
+    return Fraction(x).limit_denominator(256)

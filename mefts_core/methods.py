@@ -1,0 +1,109 @@
+"""apply_method(model, method, **options): the one entry point that prepares a Hugging Face model for a method.
+
+Afterwards only the method's parameters and the task head train. The task head is every parameter outside the
+backbone (`model.base_model`), e.g. `classifier.*`; the backbone's pooler stays frozen as in the MEFT code.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from mefts_core.adapters import adapter_for
+from mefts_core.config import AdapterOptions, LoraOptions, MeftOptions, method_options
+from mefts_core.meft import apply_meft
+from mefts_core.models.bert import BertFamily
+
+FAMILIES = (BertFamily,)
+
+
+def family_of(model: nn.Module):
+    model_type = getattr(model.config, "model_type", None)
+    for fam in FAMILIES:
+        if model_type in fam.model_types:
+            return fam
+    supported = sorted(t for fam in FAMILIES for t in fam.model_types)
+    raise ValueError(f"model_type={model_type!r}: not supported by mefts; supported: {', '.join(supported)}")
+
+
+def head_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """Parameters outside the backbone: the task head (empty for a bare BertModel)."""
+    base = model.base_model
+    if base is model:
+        return []
+    inside = {id(p) for p in base.parameters()}
+    return [p for p in model.parameters() if id(p) not in inside]
+
+
+def apply_method(model: nn.Module, method: str, **options: Any) -> nn.Module:
+    """Prepare `model` in place for `method` and return it.
+
+    Methods: "full", "lora", "adapter", "bitfit", "meft1", "meft2", "meft3". Options are validated by
+    `mefts_core.config.method_options` (ValueError naming the field and value). `gradient_checkpointing=True`
+    applies to the non-reversible methods.
+    """
+    opts = method_options(method, **options)
+    family = family_of(model)
+    base = model.base_model
+    if getattr(model, "_mefts_method", None) is not None:
+        raise ValueError(f"method={method!r}: model already prepared for {model._mefts_method!r}; load a fresh one")
+
+    trainable: list[nn.Parameter]
+    if method == "full":
+        trainable = list(model.parameters())
+    elif method == "bitfit":
+        trainable = [p for n, p in base.named_parameters() if n.endswith("bias")]
+    elif method == "lora":
+        trainable = _apply_lora(model, family, opts)
+    elif method == "adapter":
+        trainable = _apply_adapters(base, family, opts)
+    else:
+        trainable = [p for m in apply_meft(base, family, opts) for p in m.parameters()]
+
+    keep = {id(p) for p in trainable} | {id(p) for p in head_parameters(model)}
+    for p in model.parameters():
+        p.requires_grad_(id(p) in keep)
+    if getattr(opts, "gradient_checkpointing", False):
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model._mefts_method = method
+    model._mefts_options = opts
+    return model
+
+
+def _apply_lora(model: nn.Module, family, opts: LoraOptions) -> list[nn.Parameter]:
+    """LoRA from peft, injected in place (no PeftModel wrapper, so the model keeps its class and forward)."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    targets = opts.target_modules or family.lora_targets
+    names = {n.rsplit(".", 1)[-1] for n, _ in model.base_model.named_modules()}
+    missing = [t for t in targets if t not in names]
+    if missing:
+        raise ValueError(f"target_modules={targets!r}: {missing[0]!r} is not a module of this model")
+    cfg = LoraConfig(r=opts.r, lora_alpha=opts.alpha, lora_dropout=opts.dropout, target_modules=targets)
+    inject_adapter_in_model(cfg, model.base_model)
+    return [p for n, p in model.base_model.named_parameters() if "lora_" in n]
+
+
+def _apply_adapters(base: nn.Module, family, opts: AdapterOptions) -> list[nn.Parameter]:
+    """Bottleneck adapters: Pfeiffer (series after the FFN), Houlsby (series after attention and FFN), parallel."""
+    made = []
+    for layer in family.layers(base):
+        a = adapter_for(base.config, opts.bottleneck, opts.adapter_init_std)
+        family.add_ffn_adapter(layer, a, "parallel" if opts.placement == "parallel" else "series")
+        made.append(a)
+        if opts.placement == "houlsby":
+            b = adapter_for(base.config, opts.bottleneck, opts.adapter_init_std)
+            family.add_attn_adapter(layer, b, "series")
+            made.append(b)
+    return [p for m in made for p in m.parameters()]
+
+
+def meft_stacks(model: nn.Module) -> list[nn.Module]:
+    """The reversible stacks inside a model (empty for non-MEFT methods)."""
+    from mefts_core.reversible import ReversibleStack
+
+    return [m for m in model.modules() if isinstance(m, ReversibleStack)]
+
+
+__all__ = ["apply_method", "family_of", "head_parameters", "meft_stacks", "MeftOptions"]

@@ -1,0 +1,268 @@
+"""The reversible stack: MEFT's two-stream coupling with a custom backward that rebuilds inputs from outputs.
+
+Layer n:  y1 = λ·x1 + F(x2);  y2 = β·x2 + G(y1);  MEFT1/2 emit (y2, y1) (the streams swap), MEFT3 (y1, y2).
+Backward (meft-spec.md §3.2) recomputes G then F one layer at a time, under the forward's replayed dropout seeds and
+autocast state, and inverts the coupling to get the layer's input. Only the top state (plus, in exact mode, the
+remainder buffers) is kept from forward to backward, so activation memory does not grow with depth.
+
+Trainable parameters of the blocks are passed to the autograd Function as inputs (as memcnn does): the Function is then
+always called in backward, whether or not its input requires grad, and their gradients flow the normal way (so
+`torch.autograd.grad` works too) instead of being accumulated as a side effect.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Any
+
+import torch
+from torch import nn
+
+from mefts_core.coupling import ExactArith, FloatArith
+
+_SEED_MOD = 2**62
+
+
+@dataclass
+class _Replay:
+    """What the recompute must reproduce: per-call dropout seeds and the autocast state of the forward."""
+
+    seeds: list[tuple[int, int]] | None  # (seed_F, seed_G) per layer; None when not training (no dropout)
+    device_type: str
+    autocast: bool
+    autocast_dtype: torch.dtype
+
+    @contextlib.contextmanager
+    def run(self, layer: int, which: int, replay_autocast: bool = True):
+        """Run one F (which=0) or G (which=1) call under its seed, leaving the global RNG stream unchanged."""
+        with contextlib.ExitStack() as stack:
+            if self.seeds is not None:
+                devices = [torch.cuda.current_device()] if self.device_type == "cuda" else []
+                stack.enter_context(torch.random.fork_rng(devices=devices))
+                torch.manual_seed(self.seeds[layer][which])
+            if replay_autocast:
+                stack.enter_context(
+                    torch.autocast(self.device_type, dtype=self.autocast_dtype, enabled=self.autocast)
+                )
+            yield
+
+
+class RevBlock(nn.Module):
+    """One coupling layer: F and G are modules called as f(x, **ctx)."""
+
+    def __init__(self, f: nn.Module, g: nn.Module) -> None:
+        super().__init__()
+        self.f = f
+        self.g = g
+
+    def trainable(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+
+class ReversibleStack(nn.Module):
+    """A stack of RevBlocks with a shared coupling (λ, β, swap) and arithmetic (exact or float).
+
+    forward(h0, **ctx) -> (s1, s2): the two final streams in state order, both starting as copies of h0.
+    Set `vanilla = True` (see diagnostics.vanilla_backward) to run the same arithmetic under plain autograd.
+    """
+
+    def __init__(self, blocks: list[RevBlock], *, lam: Fraction, beta: Fraction, swap: bool, exact: bool,
+                 checkpoint_every: int = 0, seed: int = 0) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(blocks)
+        self.lam, self.beta, self.swap = lam, beta, swap
+        self.exact = exact
+        self.checkpoint_every = checkpoint_every
+        self.seed = seed
+        self.calls = 0  # training forwards so far: with `seed`, it fixes every dropout seed (reproducible runs)
+        self.vanilla = False
+        self.replay_autocast = True  # off only in the regression test that shows why it is needed
+        self.trace: dict[str, list[torch.Tensor]] | None = None  # diagnostics: per-layer inputs, fwd and rebuilt
+
+    # -- helpers -------------------------------------------------------------------------------------------------
+    def arith(self, dtype: torch.dtype) -> FloatArith | ExactArith:
+        return ExactArith(dtype=dtype) if self.exact else FloatArith(dtype)
+
+    def _replay(self, x: torch.Tensor) -> _Replay:
+        dev = x.device.type
+        seeds = None
+        if self.training:
+            gen = torch.Generator().manual_seed((self.seed * 1_000_003 + self.calls) % _SEED_MOD)
+            draws = torch.randint(0, _SEED_MOD, (len(self.blocks), 2), generator=gen)
+            seeds = [(int(a), int(b)) for a, b in draws.tolist()]
+            self.calls += 1
+        return _Replay(seeds, dev, torch.is_autocast_enabled(dev), torch.get_autocast_dtype(dev))
+
+    def _order(self, y1, y2):
+        return (y2, y1) if self.swap else (y1, y2)
+
+    def _record(self, key: str, state: tuple[torch.Tensor, torch.Tensor], ar) -> None:
+        if self.trace is not None:
+            self.trace[key].append(torch.cat([ar.decode(state[0]), ar.decode(state[1])], -1).float().clone())
+
+    # -- forward -------------------------------------------------------------------------------------------------
+    def forward(self, h0: torch.Tensor, **ctx: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """h0: (B, T, d) float -> two (B, T, d) float streams."""
+        replay = self._replay(h0)
+        params = [p for b in self.blocks for p in b.trainable()]
+        needs_graph = torch.is_grad_enabled() and (h0.requires_grad or len(params) > 0)
+        if self.vanilla and needs_graph:
+            return self._forward_autograd(h0, replay, ctx)
+        if not needs_graph:  # eval / no_grad: no Function, no graph, no buffers kept
+            with torch.no_grad():
+                (s1, s2), _, _ = self.run_forward(h0, replay, ctx)
+            ar = self.arith(h0.dtype)
+            return ar.decode(s1), ar.decode(s2)
+        return _RevFunction.apply(self, replay, ctx, h0, *params)
+
+    def run_forward(self, h0: torch.Tensor, replay: _Replay, ctx: dict, keep: bool = False):
+        """The coupling without autograd. Returns the top state, the remainder buffers and the checkpoints."""
+        ar = self.arith(h0.dtype)
+        s = ar.encode(h0)
+        state = (s, s)
+        buffers: list[torch.Tensor | None] = []
+        checkpoints: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        for i, block in enumerate(self.blocks):
+            self._record("forward", state, ar)
+            if keep and self.checkpoint_every and i % self.checkpoint_every == 0 and i > 0:
+                checkpoints[i] = state
+            x1, x2 = state
+            with replay.run(i, 0, self.replay_autocast):
+                f = block.f(ar.decode(x2), **ctx)  # (B, T, d)
+            a, buf_l = ar.scale(x1, self.lam)
+            y1 = ar.add(a, f)
+            del f
+            with replay.run(i, 1, self.replay_autocast):
+                g = block.g(ar.decode(y1), **ctx)
+            b, buf_b = ar.scale(x2, self.beta)
+            y2 = ar.add(b, g)
+            del g
+            buffers += [buf_l, buf_b]
+            state = self._order(y1, y2)
+        return state, buffers, checkpoints
+
+    def _forward_autograd(self, h0, replay, ctx):
+        """Reference path: the same arithmetic under plain autograd (exact mode: straight-through the rounding)."""
+        ar = self.arith(h0.dtype)
+        lam, beta = float(self.lam), float(self.beta)
+        s = ar.encode(h0)
+        ints = (s, s)  # exact values (ints in exact mode)
+        x1f = x2f = h0 if not ar.exact else _Exact.apply(ar.decode(s), h0)
+        for i, block in enumerate(self.blocks):
+            self._record("forward", ints, ar)
+            with replay.run(i, 0, self.replay_autocast):
+                f = block.f(x2f, **ctx)
+            y1 = ar.add(ar.scale(ints[0], self.lam)[0], f.detach())
+            y1f = lam * x1f + f.to(x1f.dtype)
+            if ar.exact:
+                y1f = _Exact.apply(ar.decode(y1), y1f)
+            with replay.run(i, 1, self.replay_autocast):
+                g = block.g(y1f, **ctx)
+            y2 = ar.add(ar.scale(ints[1], self.beta)[0], g.detach())
+            y2f = beta * x2f + g.to(x2f.dtype)
+            if ar.exact:
+                y2f = _Exact.apply(ar.decode(y2), y2f)
+            ints = self._order(y1, y2)
+            x1f, x2f = self._order(y1f, y2f)
+        return x1f, x2f
+
+    # -- backward ------------------------------------------------------------------------------------------------
+    def backward_layer(self, i: int, state, dstate, buf_l, buf_b, replay: _Replay, ctx: dict, ar, params):
+        """Rebuild layer i's input from its output and push the gradient through it (Listing 1, with inverses).
+
+        Returns (input state, grad wrt input floats, [grad per param of this block]).
+        """
+        block = self.blocks[i]
+        (y1, y2), (dy1, dy2) = self._order(*state), self._order(*dstate)
+        with torch.enable_grad():
+            y1f = ar.decode(y1).detach().requires_grad_(True)
+            with replay.run(i, 1, self.replay_autocast):
+                g = block.g(y1f, **ctx)
+            dg = torch.autograd.grad(g, [y1f, *params], dy2.to(g.dtype), allow_unused=True)
+        dy1 = dy1 + dg[0]  # total dL/dy1 (a new tensor: grad_output is never edited in place)
+        x2 = ar.unscale(ar.sub(y2, g.detach()), buf_b, self.beta)
+        del g
+        with torch.enable_grad():
+            x2f = ar.decode(x2).detach().requires_grad_(True)
+            with replay.run(i, 0, self.replay_autocast):
+                f = block.f(x2f, **ctx)
+            df = torch.autograd.grad(f, [x2f, *params], dy1.to(f.dtype), allow_unused=True)
+        x1 = ar.unscale(ar.sub(y1, f.detach()), buf_l, self.lam)
+        del f
+        dx1 = dy1 * float(self.lam)
+        dx2 = dy2 * float(self.beta) + df[0]
+        grads = [_add(a, b) for a, b in zip(dg[1:], df[1:])]
+        return (x1, x2), (dx1, dx2), grads
+
+
+class _Exact(torch.autograd.Function):
+    """Straight-through rounding: the value of the fixed-point stream, the gradient of its float expression.
+
+    (`src + (value - src).detach()` would be off by an ulp, so the reference would run F at other points.)
+    """
+
+    @staticmethod
+    def forward(ctx, value: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
+        return value
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return None, grad
+
+
+def _add(a, b):
+    if a is None:
+        return b
+    return a if b is None else a + b
+
+
+class _RevFunction(torch.autograd.Function):
+    """Forward runs the stack without a graph and saves only the top state and the exact-mode buffers."""
+
+    @staticmethod
+    def forward(ctx, stack: ReversibleStack, replay: _Replay, layer_ctx: dict, h0: torch.Tensor, *params):
+        state, buffers, checkpoints = stack.run_forward(h0, replay, layer_ctx, keep=True)
+        ctx.stack, ctx.replay, ctx.layer_ctx = stack, replay, layer_ctx
+        ctx.in_dtype = h0.dtype
+        ctx.n_buffers = [b is not None for b in buffers]
+        ctx.checkpoint_keys = sorted(checkpoints)
+        saved = [state[0], state[1], *[b for b in buffers if b is not None]]
+        for k in ctx.checkpoint_keys:
+            saved += list(checkpoints[k])
+        ctx.save_for_backward(*saved)  # through save_for_backward so saved-tensor accounting sees every byte
+        ar = stack.arith(h0.dtype)
+        return ar.decode(state[0]), ar.decode(state[1])
+
+    @staticmethod
+    def backward(ctx, d1, d2):
+        stack: ReversibleStack = ctx.stack
+        saved = list(ctx.saved_tensors)
+        state = (saved[0], saved[1])
+        present = iter(saved[2 : 2 + sum(ctx.n_buffers)])
+        buffers = [next(present) if has else None for has in ctx.n_buffers]
+        rest = saved[2 + sum(ctx.n_buffers) :]
+        checkpoints = {k: (rest[2 * j], rest[2 * j + 1]) for j, k in enumerate(ctx.checkpoint_keys)}
+        ar = stack.arith(ctx.in_dtype)
+        zeros = torch.zeros_like(ar.decode(state[0]))
+        dstate = (d1 if d1 is not None else zeros, d2 if d2 is not None else zeros)
+        all_params = [p for b in stack.blocks for p in b.trainable()]
+        index = {id(p): j for j, p in enumerate(all_params)}
+        pgrads: list[torch.Tensor | None] = [None] * len(all_params)
+        rebuilt = []
+        for i in reversed(range(len(stack.blocks))):
+            params = stack.blocks[i].trainable()
+            state, dstate, grads = stack.backward_layer(
+                i, state, dstate, buffers[2 * i], buffers[2 * i + 1], ctx.replay, ctx.layer_ctx, ar, params
+            )
+            rebuilt.append(state)
+            if i in checkpoints:  # recompute="checkpoint_every=k": reset the drift to the stored exact state
+                state = checkpoints[i]
+            for p, g in zip(params, grads):
+                pgrads[index[id(p)]] = _add(pgrads[index[id(p)]], g)
+        if stack.trace is not None:
+            for st in reversed(rebuilt):
+                stack._record("rebuilt", st, ar)
+        dh0 = dstate[0] + dstate[1]  # both streams start as h0
+        return None, None, None, dh0.to(ctx.in_dtype), *pgrads
