@@ -51,12 +51,14 @@ class AdaptedOutput(nn.Module):
         return self.base.LayerNorm(h + input_tensor)
 
 
-def adapter_for(config, bottleneck: int, init_std: float) -> BottleneckAdapter:
-    """An adapter sized and activated like the backbone (hidden_act, hidden_dropout_prob)."""
+def adapter_for(base: nn.Module, bottleneck: int, init_std: float) -> BottleneckAdapter:
+    """An adapter sized, activated and placed like the backbone (hidden_act, hidden_dropout_prob, dtype, device)."""
+    config = base.config
+    like = next(base.parameters())
     return BottleneckAdapter(
         config.hidden_size,
         bottleneck,
         act=getattr(config, "hidden_act", "gelu"),
         dropout=getattr(config, "hidden_dropout_prob", 0.1),
         init_std=init_std,
-    )
+    ).to(device=like.device, dtype=like.dtype)

@@ -58,11 +58,13 @@ def _layer_grads(model: nn.Module) -> dict[int, torch.Tensor]:
     return {k: torch.cat(v) for k, v in sorted(per.items())}
 
 
-def gradient_fidelity(model: nn.Module, batch: dict[str, Any], loss_fn: Callable | None = None) -> list[dict]:
+def gradient_fidelity(model: nn.Module, batch: dict[str, Any], loss_fn: Callable | None = None,
+                      autocast: torch.dtype | None = None) -> list[dict]:
     """Per reversible layer: cosine and relative error between the reversible and the vanilla gradients of its
     trainable parameters, and the max-abs error of the layer input rebuilt by inversion.
 
     Runs one forward/backward each way with the same dropout seeds; the model's existing .grad values are restored.
+    With `autocast`, the forward runs under autocast of that dtype and backward outside it, as in training.
     """
     stacks = meft_stacks(model)
     if not stacks:
@@ -82,12 +84,16 @@ def gradient_fidelity(model: nn.Module, batch: dict[str, Any], loss_fn: Callable
         if cuda_rng is not None:
             torch.cuda.set_rng_state_all(cuda_rng)
         ctx = vanilla_backward(model) if vanilla else contextlib.nullcontext()
+        device_type = next(model.parameters()).device.type
         with ctx:
-            batch_loss(model, batch, loss_fn).backward()
+            with torch.autocast(device_type, dtype=autocast or torch.float32, enabled=autocast is not None):
+                loss = batch_loss(model, batch, loss_fn)
+            loss.backward()
         return _layer_grads(model)
 
     stack = stacks[0]
     stack.trace = {"forward": [], "rebuilt": []}
+    budget, stack.error_budget = stack.error_budget, None  # measure the error, however large
     try:
         rev = run(False)
         trace = stack.trace
@@ -95,6 +101,7 @@ def gradient_fidelity(model: nn.Module, batch: dict[str, Any], loss_fn: Callable
         ref = run(True)
     finally:
         stack.trace = None
+        stack.error_budget = budget
         for p, g in zip(params, saved):
             p.grad = g
     rows = []

@@ -53,7 +53,7 @@ def apply_meft(base: nn.Module, family, opts: MeftOptions) -> list[nn.Module]:
     n_rev = len(layers) if opts.reversible_layers is None else min(opts.reversible_layers, len(layers))
 
     def new_adapter():
-        return adapter_for(cfg, opts.bottleneck, opts.adapter_init_std)
+        return adapter_for(base, opts.bottleneck, opts.adapter_init_std)
 
     trainable: list[nn.Module] = []
     blocks = []
@@ -81,7 +81,8 @@ def apply_meft(base: nn.Module, family, opts: MeftOptions) -> list[nn.Module]:
             blocks, lam=as_fraction(opts.lam), beta=as_fraction(opts.beta), swap=SWAP[opts.variant],
             exact=opts.exact, checkpoint_every=opts.checkpoint_every, seed=opts.seed,
         )
-        merge = StreamMerge(opts.merge, TRACKING[opts.variant], cfg.hidden_size)
+        like = next(base.parameters())
+        merge = StreamMerge(opts.merge, TRACKING[opts.variant], cfg.hidden_size).to(like.device, like.dtype)
         trainable.append(merge)
     family.install(base, stack, merge, layers[n_rev:])
     return trainable

@@ -89,11 +89,11 @@ def _apply_adapters(base: nn.Module, family, opts: AdapterOptions) -> list[nn.Pa
     """Bottleneck adapters: Pfeiffer (series after the FFN), Houlsby (series after attention and FFN), parallel."""
     made = []
     for layer in family.layers(base):
-        a = adapter_for(base.config, opts.bottleneck, opts.adapter_init_std)
+        a = adapter_for(base, opts.bottleneck, opts.adapter_init_std)
         family.add_ffn_adapter(layer, a, "parallel" if opts.placement == "parallel" else "series")
         made.append(a)
         if opts.placement == "houlsby":
-            b = adapter_for(base.config, opts.bottleneck, opts.adapter_init_std)
+            b = adapter_for(base, opts.bottleneck, opts.adapter_init_std)
             family.add_attn_adapter(layer, b, "series")
             made.append(b)
     return [p for m in made for p in m.parameters()]

@@ -80,6 +80,10 @@ class ReversibleStack(nn.Module):
         self.vanilla = False
         self.replay_autocast = True  # off only in the regression test that shows why it is needed
         self.trace: dict[str, list[torch.Tensor]] | None = None  # diagnostics: per-layer inputs, fwd and rebuilt
+        # Float mode: both streams start as copies of h0, so after inversion their difference is a free measure of the
+        # reconstruction error. Past this relative budget the gradients are computed at wrong points: fail loudly.
+        self.error_budget: float | None = 1e-2
+        self.last_reconstruction_error: float | None = None
 
     # -- helpers -------------------------------------------------------------------------------------------------
     def arith(self, dtype: torch.dtype) -> FloatArith | ExactArith:
@@ -100,7 +104,7 @@ class ReversibleStack(nn.Module):
 
     def _record(self, key: str, state: tuple[torch.Tensor, torch.Tensor], ar) -> None:
         if self.trace is not None:
-            self.trace[key].append(torch.cat([ar.decode(state[0]), ar.decode(state[1])], -1).float().clone())
+            self.trace[key].append(torch.cat([ar.decode(state[0]), ar.decode(state[1])], -1).clone())
 
     # -- forward -------------------------------------------------------------------------------------------------
     def forward(self, h0: torch.Tensor, **ctx: Any) -> tuple[torch.Tensor, torch.Tensor]:
@@ -167,6 +171,29 @@ class ReversibleStack(nn.Module):
             ints = self._order(y1, y2)
             x1f, x2f = self._order(y1f, y2f)
         return x1f, x2f
+
+    def invert(self, state, buffers, replay: _Replay, ctx: dict, dtype: torch.dtype = torch.float32):
+        """Rebuild every layer's input state from the top state (no gradients). Index i = input of layer i."""
+        ar = self.arith(dtype)
+        zeros = torch.zeros(state[0].shape, dtype=dtype, device=state[0].device)
+        out = []
+        for i in reversed(range(len(self.blocks))):
+            state, _, _ = self.backward_layer(i, state, (zeros, zeros), buffers[2 * i], buffers[2 * i + 1], replay,
+                                              ctx, ar, [])
+            out.append(state)
+        return out[::-1]
+
+    def check_reconstruction(self, x1: torch.Tensor, x2: torch.Tensor, ar) -> None:
+        """Float mode: the rebuilt copies of h0 must agree; record their gap and raise past the budget."""
+        a, b = ar.decode(x1).float(), ar.decode(x2).float()
+        err = ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
+        self.last_reconstruction_error = err
+        if not ar.exact and self.error_budget is not None and err > self.error_budget:
+            raise FloatingPointError(
+                f"reversible reconstruction error {err:.3g} (relative, at the embeddings) exceeds the budget "
+                f"{self.error_budget:g}: float inversion is unstable at this depth and scale (lam={self.lam}, "
+                f"beta={self.beta}); use recompute='exact' (default) or 'checkpoint_every=k'"
+            )
 
     # -- backward ------------------------------------------------------------------------------------------------
     def backward_layer(self, i: int, state, dstate, buf_l, buf_b, replay: _Replay, ctx: dict, ar, params):
@@ -264,5 +291,6 @@ class _RevFunction(torch.autograd.Function):
         if stack.trace is not None:
             for st in reversed(rebuilt):
                 stack._record("rebuilt", st, ar)
+        stack.check_reconstruction(*state, ar)
         dh0 = dstate[0] + dstate[1]  # both streams start as h0
         return None, None, None, dh0.to(ctx.in_dtype), *pgrads
