@@ -1,0 +1,137 @@
+"""`mefts`: serve (API + dashboard + embedded worker), worker (standalone dispatcher), export (tables to files),
+plus the core commands (train, bench, ...) from mefts_core.cli when it is installed."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from pathlib import Path
+
+log = logging.getLogger("mefts")
+
+
+def _settings(args: argparse.Namespace):
+    from backend.settings import Settings
+
+    overrides = {}
+    if getattr(args, "data_dir", None):
+        overrides["data_dir"] = Path(args.data_dir)
+    if getattr(args, "database_url", None):
+        overrides["database_url"] = args.database_url
+    if getattr(args, "cpu_slots", None):
+        overrides["cpu_slots"] = args.cpu_slots
+    return Settings(**overrides)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from backend.main import create_app
+
+    settings = _settings(args)
+    app = create_app(settings, start_worker=not args.no_worker)
+    log.info("serving on http://%s:%d (worker: %s)", args.host, args.port, "off" if args.no_worker else "embedded")
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level.lower(), timeout_graceful_shutdown=5)
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from backend.worker.dispatcher import Dispatcher
+    from db.session import make_engine, make_sessionmaker, upgrade_database
+
+    settings = _settings(args)
+    upgrade_database(settings.db_url)
+    dispatcher = Dispatcher(settings, make_sessionmaker(make_engine(settings.db_url)))
+
+    def stop(signum, _frame) -> None:
+        log.info("%s: stopping the worker", signal.Signals(signum).name)
+        dispatcher.stop_event.set()
+        dispatcher.wake_event.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    dispatcher.run(burst=args.burst, max_jobs=args.max_jobs)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from backend import tables
+    from backend.routes.results import results_rows, runs_rows
+    from db.session import make_engine, make_sessionmaker, session_scope, upgrade_database
+
+    settings = _settings(args)
+    upgrade_database(settings.db_url)
+    fmt = args.format or (Path(args.output).suffix.lstrip(".") if args.output else "csv")
+    if fmt not in tables.FORMATS or (args.what == "runs" and fmt not in ("csv", "json")):
+        log.error("format %r is not available for %s", fmt, args.what)
+        return 2
+    with session_scope(make_sessionmaker(make_engine(settings.db_url))) as s:
+        if args.what == "results":
+            columns, rows = results_rows(s, sweep_id=args.sweep, select=args.select)
+        else:
+            columns, rows = runs_rows(s, sweep_id=args.sweep)
+    text = tables.render(columns, rows, fmt, table=args.what)
+    if args.output and args.output != "-":
+        Path(args.output).write_text(text)
+        log.info("wrote %d %s rows to %s", len(rows), args.what, args.output)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", help="data directory (default: $MEFTS_DATA_DIR or ./data)")
+    p.add_argument("--database-url", help="SQLAlchemy URL (default: $DATABASE_URL or SQLite in the data dir)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mefts", description="Memory-efficient fine-tuning: service and tools.")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("serve", help="API, dashboard and an embedded worker")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default: 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--no-worker", action="store_true", help="do not run jobs in this process")
+    p.add_argument("--cpu-slots", type=int, help="concurrent CPU jobs (default: $MEFTS_CPU_SLOTS or 1)")
+    _common(p)
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("worker", help="a standalone dispatcher: claims queued runs and runs them")
+    p.add_argument("--cpu-slots", type=int, help="concurrent CPU jobs (default: $MEFTS_CPU_SLOTS or 1)")
+    p.add_argument("--burst", action="store_true", help="exit when the queue is empty")
+    p.add_argument("--max-jobs", type=int, help="exit after starting this many jobs (and waiting for them)")
+    _common(p)
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("export", help="write the results or runs table")
+    p.add_argument("--what", choices=["results", "runs"], default="results")
+    p.add_argument("--format", choices=["csv", "json", "md", "tex"], help="default: from --output's suffix, or csv")
+    p.add_argument("--output", "-o", help="file to write (default: stdout)")
+    p.add_argument("--sweep", type=int, help="only this sweep's runs")
+    p.add_argument("--select", choices=["best", "all"], default="best", help="results: best config per method, or all")
+    _common(p)
+    p.set_defaults(func=cmd_export)
+
+    try:
+        from mefts_core.cli import add_core_commands
+    except ImportError as e:
+        if getattr(e, "name", None) not in ("mefts_core.cli",):
+            raise
+    else:
+        add_core_commands(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=getattr(logging, args.log_level),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,179 @@
+"""Health, catalog, system (devices, workers, queue and why runs wait) and the live event stream (SSE)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime as dt
+import json
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import StreamingResponse
+from sqlalchemy import select, text
+
+from backend import runspec
+from backend.deps import SessionDep, SettingsDep
+from backend.schemas import Health, QueuedRunOut, SystemOut, WorkerOut, parse_utc
+from backend.views import run_event
+from backend.worker.executors.local import detect_devices
+from db import crud
+from db.models import Run, RunStatus, utcnow
+from db.session import session_scope
+from mefts_core.backbones import backbone_catalog
+from mefts_core.config import method_catalog
+
+router = APIRouter(tags=["system"])
+
+VERSION = "0.1.0"
+_DEVICES: list[dict[str, Any]] | None = None
+
+
+@router.get("/health", response_model=Health)
+def health(session: SessionDep) -> Health:
+    """Liveness and database reachability."""
+    session.execute(text("SELECT 1"))
+    return Health(status="ok", database="ok", version=VERSION)
+
+
+@router.get("/catalog")
+def catalog(settings: SettingsDep) -> dict[str, Any]:
+    """What can be submitted: backbones, methods with their options, tasks, and the hyperparameters with defaults."""
+    train = runspec.train_module()
+    hyper: list[dict[str, Any]] = []
+    if train is not None:
+        for f in dataclasses.fields(train.TrainConfig):
+            if f.name in runspec.TOP_LEVEL or f.name in ("backbone", "method", "task"):
+                continue
+            default = f.default if f.default is not dataclasses.MISSING else None
+            hyper.append({"name": f.name, "default": default, "type": str(f.type)})
+    return {
+        "backbones": backbone_catalog(),
+        "methods": method_catalog(),
+        "tasks": runspec.task_catalog(),
+        "hyperparameters": hyper,
+        "devices": ["auto", "cpu", "cuda", "cuda:N"],
+        "statuses": [s.value for s in RunStatus],
+        "sortable": list(crud.SORTABLE_RUN_COLUMNS + crud.SORTABLE_MEMORY_COLUMNS),
+        "max_grid": settings.max_grid,
+    }
+
+
+def _devices() -> list[dict[str, Any]]:
+    global _DEVICES
+    if _DEVICES is None:
+        _DEVICES = detect_devices(None)
+    return _DEVICES
+
+
+def queue_reasons(runs: list[Run], workers: list[WorkerOut], running: int) -> list[QueuedRunOut]:
+    """Why each queued run waits, in claim order."""
+    alive = [w for w in workers if w.alive]
+    slots = sum(w.slots for w in alive)
+    kinds = {w.slot_kind for w in alive}
+    free = max(0, slots - running)
+    out = []
+    position = 0
+    for run in runs:
+        if not alive:
+            reason = "no worker is running: start `mefts worker`, or `mefts serve` without --no-worker"
+        elif run.needs_gpu and "gpu" not in kinds:
+            reason = f"needs a GPU (device={run.device}); no live worker has one"
+        else:
+            kind = "GPU" if kinds == {"gpu"} else "CPU"
+            if position < free:
+                reason = "a slot is free: a worker claims it within a few seconds"
+            elif position - free == 0:
+                reason = f"next: waiting for a free {kind} slot ({running} busy)"
+            else:
+                reason = f"waiting for a free {kind} slot ({running} busy); {position - free} queued ahead"
+            position += 1
+        out.append(QueuedRunOut(id=run.id, position=len(out) + 1, method=run.method, backbone=run.backbone,
+                                task=run.task, reason=reason))
+    return out
+
+
+@router.get("/system", response_model=SystemOut)
+def system(session: SessionDep, settings: SettingsDep) -> SystemOut:
+    """Devices, workers with their heartbeat, queue counts, and why queued runs wait."""
+    now = utcnow()
+    stale = dt.timedelta(seconds=max(3 * settings.heartbeat_seconds, 10.0))
+    workers = []
+    for w in crud.list_workers(session=session):
+        age = (now - w.heartbeat_at).total_seconds()
+        alive = w.stopped_at is None and age <= stale.total_seconds()
+        if not alive and age > 86400:
+            continue  # long gone
+        workers.append(WorkerOut(
+            id=w.id, host=w.host, pid=w.pid, started_at=w.started_at, heartbeat_at=w.heartbeat_at,
+            heartbeat_age_seconds=age, alive=alive, slots=w.slots, slot_kind=w.slot_kind, busy=w.busy,
+            devices=w.devices,
+        ))
+    counts = crud.status_counts(session=session)
+    queued = queue_reasons(crud.queued_runs(session=session, limit=100), workers, counts[RunStatus.running])
+    return SystemOut(server_time=now, devices=_devices(), workers=workers, queue=counts, queued=queued)
+
+
+def _changed_since(factory, since: dt.datetime, ids: list[int] | None) -> list[tuple[Run, dict[str, Any]]]:
+    with session_scope(factory) as s:
+        stmt = select(Run).where(Run.updated_at > since).order_by(Run.updated_at).limit(500)
+        if ids:
+            stmt = stmt.where(Run.id.in_(ids))
+        return [(r, run_event(r)) for r in s.scalars(stmt)]
+
+
+# A row's updated_at is stamped before its transaction commits, so a poll can see a later stamp before an earlier
+# one: each poll looks back this far and drops what it already sent.
+LOOKBACK = dt.timedelta(seconds=5)
+
+
+@router.get("/events")
+async def events(
+    request: Request,
+    settings: SettingsDep,
+    since: Annotated[str | None, Query(description="ISO time; default: now (Last-Event-ID is honoured)")] = None,
+    run: Annotated[list[int] | None, Query(description="only these run ids")] = None,
+) -> StreamingResponse:
+    """Server-sent events: `event: run` with {id, status, progress, step, epoch, loss, ...} whenever a run changes.
+
+    The stream polls the runs table (one indexed query on updated_at per interval) and sends a comment every 15 s
+    to keep proxies from closing it. Reconnecting with Last-Event-ID resumes where it left off.
+    """
+    start = since or request.headers.get("last-event-id")
+    try:
+        cursor = parse_utc(start) if start else utcnow()
+    except ValueError:
+        cursor = utcnow()
+    factory = request.app.state.sessionmaker
+    interval = settings.events_poll_seconds
+
+    async def stream() -> AsyncIterator[str]:
+        nonlocal cursor
+        sent: dict[tuple[int, str], dt.datetime] = {}
+        yield "retry: 2000\n\n"
+        last_output = asyncio.get_running_loop().time()
+        while not request.app.state.stopping.is_set():
+            if await request.is_disconnected():
+                break
+            rows = await run_in_threadpool(_changed_since, factory, cursor - LOOKBACK, run)
+            for r, payload in rows:
+                key = (r.id, payload["updated_at"])
+                if key in sent:
+                    continue
+                sent[key] = r.updated_at
+                yield f"id: {payload['updated_at']}\nevent: run\ndata: {json.dumps(payload)}\n\n"
+                last_output = asyncio.get_running_loop().time()
+                cursor = max(cursor, r.updated_at)
+            horizon = cursor - 2 * LOOKBACK
+            sent = {k: v for k, v in sent.items() if v >= horizon}
+            if asyncio.get_running_loop().time() - last_output >= 15:
+                yield ": keep-alive\n\n"
+                last_output = asyncio.get_running_loop().time()
+            await asyncio.sleep(interval)
+
+    return StreamingResponse(
+        stream(), media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "Connection": "keep-alive"},
+    )

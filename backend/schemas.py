@@ -1,0 +1,257 @@
+"""Request and response models of the REST API."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
+
+
+def iso_utc(value: dt.datetime | None) -> str | None:
+    """Naive UTC (as stored) to ISO 8601 with a trailing Z."""
+    if value is None:
+        return None
+    if value.tzinfo is not None:
+        value = value.astimezone(dt.UTC).replace(tzinfo=None)
+    return value.isoformat() + "Z"
+
+
+def parse_utc(value: str) -> dt.datetime:
+    """ISO 8601 (with Z, an offset, or naive = UTC) to naive UTC. Raises ValueError."""
+    text = re.sub(r" (\d\d:?\d\d)$", r"+\1", value.strip())  # a "+" in a query string arrives as a space
+    parsed = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if parsed.tzinfo is not None:
+        parsed = parsed.astimezone(dt.UTC).replace(tzinfo=None)
+    return parsed
+
+
+Timestamp = Annotated[dt.datetime | None, PlainSerializer(iso_utc, return_type=str | None)]
+
+
+class Hyperparameters(BaseModel):
+    """TrainConfig fields other than backbone/method/task/seed/device. Unset fields take TrainConfig's defaults;
+    fields not listed here are passed on to TrainConfig, which rejects unknown ones."""
+
+    model_config = ConfigDict(extra="allow")
+
+    learning_rate: float | None = Field(default=None, description="default: the method's usual rate")
+    batch_size: int | None = None
+    epochs: int | None = None
+    max_seq_len: int | None = None
+    warmup_ratio: float | None = None
+    weight_decay: float | None = None
+    grad_clip: float | None = None
+    patience: int | None = None
+    bf16: bool | None = None
+    threads: int | None = Field(default=None, description="default: the worker's cores per slot")
+    max_train_samples: int | None = None
+    max_eval_samples: int | None = None
+    measure_memory: bool | None = None
+
+
+class RunCreate(BaseModel):
+    """One run to queue."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    backbone: str = Field(examples=["tiny-bert"])
+    method: str = Field(examples=["meft1"])
+    task: str = Field(examples=["sst2"])
+    method_options: dict[str, Any] = Field(default_factory=dict, examples=[{"bottleneck": 8}])
+    task_options: dict[str, Any] = Field(default_factory=dict)
+    hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
+    seed: int | None = Field(default=None, description="default: TrainConfig's (42)")
+    device: str | None = Field(default=None, description="auto | cpu | cuda | cuda:N")
+    name: str | None = Field(default=None, max_length=200)
+    priority: int = Field(default=0, description="higher runs first")
+    max_attempts: int | None = Field(default=None, ge=1, le=100, description="default: MEFTS_MAX_ATTEMPTS")
+
+
+class RunEdits(BaseModel):
+    """Edits for a clone: top-level fields replace; hyperparameters, method_options and task_options merge (an
+    option set to null is removed). Changing the method starts from empty method options."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    backbone: str | None = None
+    method: str | None = None
+    task: str | None = None
+    method_options: dict[str, Any] | None = None
+    task_options: dict[str, Any] | None = None
+    hyperparameters: dict[str, Any] | None = None
+    seed: int | None = None
+    device: str | None = None
+    name: str | None = Field(default=None, max_length=200)
+    priority: int | None = None
+    max_attempts: int | None = Field(default=None, ge=1, le=100)
+
+
+class SweepCreate(BaseModel):
+    """A grid: methods × backbones × tasks × seeds × every hyperparameter given as a list."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(default=None, max_length=200)
+    methods: list[str] = Field(min_length=1, examples=[["full", "lora", "meft1"]])
+    backbones: list[str] = Field(min_length=1, examples=[["tiny-bert"]])
+    tasks: list[str] = Field(min_length=1, examples=[["sst2"]])
+    seeds: list[int] = Field(default_factory=lambda: [42], min_length=1)
+    method_options: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="options per method name, e.g. {'lora': {'r': 16}}"
+    )
+    task_options: dict[str, Any] = Field(default_factory=dict)
+    hyperparameters: dict[str, Any] = Field(
+        default_factory=dict, description="a list value is a grid axis, e.g. {'learning_rate': [1e-4, 3e-4]}",
+        examples=[{"learning_rate": [1e-4, 3e-4], "epochs": 3}],
+    )
+    device: str | None = None
+    priority: int = 0
+    max_attempts: int | None = Field(default=None, ge=1, le=100)
+
+
+class RunSummary(BaseModel):
+    id: int
+    name: str | None
+    sweep_id: int | None
+    cloned_from: int | None
+    backbone: str
+    method: str
+    method_label: str
+    task: str
+    seed: int
+    device: str
+    learning_rate: float | None
+    batch_size: int | None
+    max_seq_len: int | None
+    epochs: int | None
+    status: str
+    cancel_requested: bool
+    priority: int
+    attempts: int
+    max_attempts: int
+    created_at: Timestamp
+    updated_at: Timestamp
+    started_at: Timestamp
+    finished_at: Timestamp
+    duration_seconds: float | None
+    progress: float
+    step: int | None
+    total_steps: int | None
+    epoch: int | None
+    loss: float | None
+    main_metric: str | None
+    score: float | None
+    stored_activation_bytes: int | None = None
+    peak_bytes: int | None = None
+    error: str | None
+    worker_id: str | None
+    pid: int | None
+    device_used: str | None
+
+
+class RunList(BaseModel):
+    total: int
+    limit: int
+    offset: int
+    items: list[RunSummary]
+    server_time: Timestamp = Field(description="pass as updated_since to get only later changes")
+
+
+class MetricPointOut(BaseModel):
+    step: int | None
+    epoch: int | None
+    value: float
+
+
+class MetricSeries(BaseModel):
+    run_id: int
+    attempt: int
+    series: dict[str, list[MetricPointOut]]
+
+
+class MemoryReportOut(BaseModel):
+    """mefts_core.memory.MemoryReport of a measured training step (bytes), plus the job's peak RSS."""
+
+    attempt: int
+    device: str | None
+    how: str | None
+    stored_activation_bytes: int | None
+    peak_bytes: int | None
+    peak_activation_bytes: int | None
+    param_bytes: int | None
+    trainable_param_bytes: int | None
+    grad_bytes: int | None
+    optimizer_bytes: int | None
+    step_seconds: float | None
+    batch_shape: list[int] | None
+    batch_size: int | None
+    seq_len: int | None
+    process_peak_rss_bytes: int | None
+    extra: dict[str, Any] | None
+
+
+class RunDetail(RunSummary):
+    config: dict[str, Any]
+    result: dict[str, Any] | None
+    log_tail: str
+    traceback: str | None
+    git_revision: str | None
+    versions: dict[str, Any] | None
+    trainable_params: int | None
+    total_params: int | None
+    host: str | None
+    lease_expires_at: Timestamp
+    memory: MemoryReportOut | None
+    metrics: dict[str, list[MetricPointOut]]
+
+
+class SweepOut(BaseModel):
+    id: int
+    name: str | None
+    n_runs: int
+    created_at: Timestamp
+    status_counts: dict[str, int]
+    spec: dict[str, Any]
+
+
+class SweepCreated(SweepOut):
+    run_ids: list[int]
+
+
+class WorkerOut(BaseModel):
+    id: str
+    host: str
+    pid: int | None
+    started_at: Timestamp
+    heartbeat_at: Timestamp
+    heartbeat_age_seconds: float
+    alive: bool
+    slots: int
+    slot_kind: str
+    busy: int
+    devices: list[dict[str, Any]] | None
+
+
+class QueuedRunOut(BaseModel):
+    id: int
+    position: int
+    method: str
+    backbone: str
+    task: str
+    reason: str
+
+
+class SystemOut(BaseModel):
+    server_time: Timestamp
+    devices: list[dict[str, Any]]
+    workers: list[WorkerOut]
+    queue: dict[str, int]
+    queued: list[QueuedRunOut]
+
+
+class Health(BaseModel):
+    status: str
+    database: str
+    version: str

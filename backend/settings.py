@@ -1,0 +1,52 @@
+"""Service settings: one pydantic-settings class, read from the environment (the only place that reads it)."""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from db.session import default_database_url
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MEFTS_", env_ignore_empty=True, extra="ignore")
+
+    data_dir: Path = Field(default=Path("./data"), description="SQLite file and job logs live here")
+    database_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("DATABASE_URL", "MEFTS_DATABASE_URL"),
+        description="default: sqlite:///<data_dir>/mefts.db",
+    )
+    cpu_slots: int = Field(default=1, ge=1, description="concurrent CPU jobs per worker")
+    cpu_count: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, description="cores shared by the slots")
+    gpus: int | None = Field(default=None, ge=0, description="GPUs to use (default: all that torch sees)")
+    executor: str = Field(default="local", validation_alias=AliasChoices("EXECUTOR", "MEFTS_EXECUTOR"))
+    max_attempts: int = Field(default=3, ge=1, description="attempts per run before it fails")
+    lease_seconds: float = Field(default=30.0, gt=0, description="a running run whose lease expires is re-queued")
+    heartbeat_seconds: float = Field(default=3.0, gt=0, description="lease renewal and worker heartbeat interval")
+    poll_seconds: float = Field(default=0.5, gt=0, description="dispatcher polling interval when busy")
+    max_idle_poll_seconds: float = Field(default=2.0, gt=0, description="idle polling backs off up to this")
+    kill_grace_seconds: float = Field(default=5.0, ge=0, description="SIGTERM to SIGKILL delay on cancel")
+    progress_interval_seconds: float = Field(default=1.0, ge=0, description="job progress writes are throttled")
+    max_grid: int = Field(default=1000, ge=1, description="largest sweep grid accepted")
+    events_poll_seconds: float = Field(default=1.0, gt=0, description="SSE polls the runs table this often")
+    worker_id: str | None = Field(default=None, description="default: <host>:<pid>")
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or default_database_url(self.data_dir)
+
+    @property
+    def log_dir(self) -> Path:
+        path = Path(self.data_dir).expanduser().resolve() / "logs"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

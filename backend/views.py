@@ -1,0 +1,71 @@
+"""ORM rows to API shapes (shared by the routes, the exports and the SSE stream)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+from backend.schemas import MemoryReportOut, MetricPointOut, RunDetail, RunSummary, iso_utc
+from db.models import MEMORY_FIELDS, MemoryReportRow, MetricPoint, Run
+
+
+def duration_seconds(run: Run) -> float | None:
+    if run.started_at is None:
+        return None
+    end = run.finished_at
+    if end is None:
+        return None
+    return max(0.0, (end - run.started_at).total_seconds())
+
+
+def _summary_fields(run: Run, memory: MemoryReportRow | None) -> dict[str, Any]:
+    return dict(
+        id=run.id, name=run.name, sweep_id=run.sweep_id, cloned_from=run.cloned_from, backbone=run.backbone,
+        method=run.method, method_label=run.method_label, task=run.task, seed=run.seed, device=run.device,
+        learning_rate=run.learning_rate, batch_size=run.batch_size, max_seq_len=run.max_seq_len, epochs=run.epochs,
+        status=run.status, cancel_requested=bool(run.cancel_requested), priority=run.priority,
+        attempts=run.attempts, max_attempts=run.max_attempts, created_at=run.created_at, updated_at=run.updated_at,
+        started_at=run.started_at, finished_at=run.finished_at, duration_seconds=duration_seconds(run),
+        progress=run.progress or 0.0, step=run.step, total_steps=run.total_steps, epoch=run.epoch, loss=run.loss,
+        main_metric=run.main_metric, score=run.score,
+        stored_activation_bytes=memory.stored_activation_bytes if memory else None,
+        peak_bytes=memory.peak_bytes if memory else None,
+        error=run.error, worker_id=run.worker_id, pid=run.pid, device_used=run.device_used,
+    )
+
+
+def run_summary(run: Run, memory: MemoryReportRow | None = None) -> RunSummary:
+    return RunSummary(**_summary_fields(run, memory))
+
+
+def memory_out(row: MemoryReportRow | None) -> MemoryReportOut | None:
+    if row is None:
+        return None
+    return MemoryReportOut(attempt=row.attempt, extra=row.extra, **{f: getattr(row, f) for f in MEMORY_FIELDS})
+
+
+def metric_series(points: list[MetricPoint]) -> dict[str, list[MetricPointOut]]:
+    series: dict[str, list[MetricPointOut]] = defaultdict(list)
+    for p in points:
+        series[p.name].append(MetricPointOut(step=p.step, epoch=p.epoch, value=p.value))
+    return dict(series)
+
+
+def run_detail(run: Run, memory: MemoryReportRow | None, points: list[MetricPoint]) -> RunDetail:
+    base = _summary_fields(run, memory)
+    return RunDetail(
+        **base, config=run.config, result=run.result, log_tail=run.log_tail or "", traceback=run.traceback,
+        git_revision=run.git_revision, versions=run.versions, trainable_params=run.trainable_params,
+        total_params=run.total_params, host=run.host, lease_expires_at=run.lease_expires_at,
+        memory=memory_out(memory), metrics=metric_series(points),
+    )
+
+
+def run_event(run: Run) -> dict[str, Any]:
+    """The small payload the SSE stream sends per changed run."""
+    return {
+        "id": run.id, "status": run.status, "progress": run.progress, "step": run.step,
+        "total_steps": run.total_steps, "epoch": run.epoch, "loss": run.loss, "attempts": run.attempts,
+        "score": run.score, "error": run.error, "cancel_requested": bool(run.cancel_requested),
+        "updated_at": iso_utc(run.updated_at),
+    }

@@ -1,0 +1,268 @@
+"""The job process: `python -m backend.worker.job RUN_ID --attempt N [--threads T]`.
+
+It loads the run's config from the database, calls `mefts_core.train.run_training` with a callback that writes
+progress, metric points, the memory report and log lines (throttled), and stores the verdict:
+succeeded (result), does_not_fit (out of memory: "does not fit at batch B, seq T" and the memory reached) or failed
+(error and traceback). A heartbeat thread renews the run's lease, so the run survives the death of the worker that
+started it, and stops the process if the run was cancelled or taken over (a newer attempt).
+
+Every write is fenced by the attempt number: once the run moved on, nothing this process writes lands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import resource
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from db import crud
+from db.models import RunStatus
+from db.session import make_engine, make_sessionmaker, session_scope
+from mefts_core.callbacks import Callback
+
+log = logging.getLogger("mefts.job")
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def git_revision() -> str | None:
+    """`git rev-parse HEAD` of the checkout the code runs from (None outside a git checkout)."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    rev = out.stdout.strip()
+    if out.returncode != 0 or not rev:
+        return None
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
+                           capture_output=True, text=True, timeout=5)
+    return rev + ("-dirty" if dirty.returncode == 0 and dirty.stdout.strip() else "")
+
+
+def peak_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    import torch
+
+    if isinstance(exc, torch.OutOfMemoryError | MemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def memory_reached(device: str | None) -> tuple[int, str]:
+    """The most memory the job held: the CUDA allocator's peak on a GPU, else the process's peak RSS."""
+    try:
+        import torch
+
+        if device and device.startswith("cuda") and torch.cuda.is_available():
+            return int(torch.cuda.max_memory_allocated()), "cuda max_memory_allocated"
+    except Exception:  # the allocator may be in a bad state after an OOM
+        pass
+    return peak_rss_bytes(), "process peak RSS"
+
+
+class DBCallback(Callback):
+    """Writes what the training loop reports to the run's rows; progress and log lines at most every `interval`."""
+
+    def __init__(self, factory, run_id: int, attempt: int, interval: float) -> None:
+        self.factory = factory
+        self.run_id = run_id
+        self.attempt = attempt
+        self.interval = interval
+        self.lock = threading.Lock()
+        self.lines: list[str] = []
+        self.points: list[dict[str, Any]] = []
+        self.progress: dict[str, Any] | None = None
+        self.last_flush = 0.0
+        self.step = 0
+        self.device: str | None = None
+        self.main_metric: str | None = None
+
+    # --- hooks
+    def on_start(self, info: dict[str, Any]) -> None:
+        self.device = info.get("device")
+        self.main_metric = info.get("main_metric")
+        with session_scope(self.factory) as s:
+            crud.set_run_info(session=s, run_id=self.run_id, attempt=self.attempt, values={
+                "device_used": info.get("device"), "trainable_params": info.get("trainable_params"),
+                "total_params": info.get("total_params"), "main_metric": info.get("main_metric"),
+                "total_steps": info.get("total_steps"), "step": 0,
+            })
+
+    def on_progress(self, *, step: int, total_steps: int, epoch: int, loss: float) -> None:
+        self.step = step
+        with self.lock:
+            self.progress = dict(step=step, total_steps=total_steps, epoch=epoch, loss=loss)
+            self.points.append({"step": step, "epoch": epoch, "name": "step_loss", "value": loss})
+        if step == total_steps or time.monotonic() - self.last_flush >= self.interval:
+            self.flush()
+
+    def on_epoch_end(self, *, epoch: int, metrics: dict[str, float]) -> None:
+        with self.lock:
+            for name, value in metrics.items():
+                if name != "epoch" and isinstance(value, int | float):
+                    self.points.append({"step": self.step, "epoch": epoch, "name": name, "value": float(value)})
+        self.flush()
+
+    def on_memory(self, report: dict[str, Any]) -> None:
+        report = {**report, "process_peak_rss_bytes": peak_rss_bytes()}
+        with session_scope(self.factory) as s:
+            crud.add_memory_report(session=s, run_id=self.run_id, attempt=self.attempt, report=report)
+
+    def on_log(self, message: str) -> None:
+        with self.lock:
+            self.lines.append(f"{time.strftime('%H:%M:%S')} {message}")
+        if time.monotonic() - self.last_flush >= self.interval:
+            self.flush()
+
+    # --- writes
+    def flush(self) -> None:
+        with self.lock:
+            lines, self.lines = self.lines, []
+            points, self.points = self.points, []
+            progress, self.progress = self.progress, None
+            self.last_flush = time.monotonic()
+        with session_scope(self.factory) as s:
+            if progress is not None:
+                crud.update_progress(session=s, run_id=self.run_id, attempt=self.attempt, **progress)
+            if points:
+                crud.add_metric_points(session=s, run_id=self.run_id, attempt=self.attempt, points=points)
+            if lines:
+                crud.append_log(session=s, run_id=self.run_id, lines=lines)
+
+
+class LogToCallback(logging.Handler):
+    """mefts_core's log records (warnings and up, plus mefts_core INFO) into the run's log tail."""
+
+    def __init__(self, cb: DBCallback) -> None:
+        super().__init__(level=logging.INFO)
+        self.cb = cb
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.name.startswith("mefts_core.train"):
+            return  # those arrive through on_log already
+        if record.levelno >= logging.WARNING:
+            self.cb.on_log(f"{record.levelname}: {record.getMessage()}")
+
+
+def heartbeat(factory, run_id: int, attempt: int, lease: float, every: float, stop: threading.Event) -> None:
+    """Renew the lease; stop this process if the run was cancelled or moved on to another attempt."""
+    while not stop.wait(every):
+        try:
+            with session_scope(factory) as s:
+                owned, cancel = crud.job_heartbeat(session=s, run_id=run_id, attempt=attempt, lease_seconds=lease)
+        except Exception as e:  # a locked or unreachable database: try again at the next beat
+            log.warning("heartbeat failed: %s", e)
+            continue
+        if not owned or cancel:
+            if cancel:
+                with session_scope(factory) as s:
+                    crud.finish_run(session=s, run_id=run_id, attempt=attempt, status=RunStatus.cancelled,
+                                    values={"error": "cancelled", "pid": None})
+            log.warning("run %d attempt %d: %s; stopping", run_id, attempt,
+                        "cancelled" if cancel else "no longer owned by this attempt")
+            if os.getpgrp() == os.getpid():  # started by a worker: the group is this job and its children
+                os.killpg(os.getpgrp(), signal.SIGKILL)
+            os._exit(3)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m backend.worker.job", description=__doc__.splitlines()[0])
+    parser.add_argument("run_id", type=int)
+    parser.add_argument("--attempt", type=int, required=True)
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    from backend.settings import Settings
+
+    settings = Settings()
+    engine = make_engine(settings.db_url)
+    factory = make_sessionmaker(engine)
+    run_id, attempt = args.run_id, args.attempt
+
+    with session_scope(factory) as s:
+        run = crud.get_run(session=s, run_id=run_id)
+        if run is None or run.status != RunStatus.running or run.attempts != attempt:
+            log.warning("run %d attempt %d is not mine to run (status %s, attempt %s)", run_id, attempt,
+                        getattr(run, "status", None), getattr(run, "attempts", None))
+            return 0
+        config_dict = dict(run.config)
+    from mefts_core.train import TrainConfig, run_training, versions
+
+    with session_scope(factory) as s:
+        crud.set_run_info(session=s, run_id=run_id, attempt=attempt, values={
+            "pid": os.getpid(), "git_revision": git_revision(), "versions": versions(),
+            "host": socket.gethostname(),
+        })
+
+    stop = threading.Event()
+    threading.Thread(
+        target=heartbeat, args=(factory, run_id, attempt, settings.lease_seconds, settings.heartbeat_seconds, stop),
+        daemon=True, name="lease",
+    ).start()
+
+    cb = DBCallback(factory, run_id, attempt, settings.progress_interval_seconds)
+    logging.getLogger().addHandler(LogToCallback(cb))
+    config = None
+    try:
+        if config_dict.get("threads") is None and args.threads:
+            config_dict["threads"] = args.threads
+        config = TrainConfig.from_dict(config_dict)
+        result = run_training(config, [cb]).to_dict()
+    except BaseException as exc:  # every outcome is data: stored with the traceback, never a crash of the worker
+        if isinstance(exc, KeyboardInterrupt | SystemExit):
+            raise
+        stop.set()
+        cb.flush()
+        tb = traceback.format_exc()
+        log.error("run %d failed: %s", run_id, tb)
+        if is_out_of_memory(exc):
+            reached, how = memory_reached(cb.device)
+            bs = config.batch_size if config else config_dict.get("batch_size")
+            seq = config.max_seq_len if config else config_dict.get("max_seq_len")
+            msg = (f"does not fit at batch {bs}, seq {seq}: out of memory after reaching "
+                   f"{reached / 2**30:.2f} GiB ({how}) on {cb.device or config_dict.get('device')}")
+            with session_scope(factory) as s:
+                crud.finish_run(session=s, run_id=run_id, attempt=attempt, status=RunStatus.does_not_fit, values={
+                    "error": msg, "traceback": tb, "pid": None,
+                    "result": {"does_not_fit": True, "batch_size": bs, "max_seq_len": seq,
+                               "memory_reached_bytes": reached, "memory_reached_how": how,
+                               "exception": f"{type(exc).__name__}: {exc}"[:2000]},
+                })
+            return 0
+        with session_scope(factory) as s:
+            crud.finish_run(session=s, run_id=run_id, attempt=attempt, status=RunStatus.failed, values={
+                "error": f"{type(exc).__name__}: {exc}"[:4000], "traceback": tb, "pid": None,
+            })
+        return 0
+
+    stop.set()
+    cb.flush()
+    main_metric = result.get("main_metric")
+    test, dev = result.get("test_metrics") or {}, result.get("dev_metrics") or {}
+    score = test.get(main_metric, dev.get(main_metric))
+    with session_scope(factory) as s:
+        ok = crud.finish_run(session=s, run_id=run_id, attempt=attempt, status=RunStatus.succeeded, values={
+            "result": result, "main_metric": main_metric, "score": score, "progress": 1.0, "pid": None,
+            "trainable_params": result.get("trainable_params"), "total_params": result.get("total_params"),
+            "versions": result.get("versions"), "device_used": result.get("device"),
+        })
+    log.info("run %d attempt %d: %s", run_id, attempt, "succeeded" if ok else "finished, but the run moved on")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
