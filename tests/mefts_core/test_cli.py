@@ -1,0 +1,145 @@
+"""CLI: `train` end to end on the user's CSV (subprocess), errors as "error: ..." with exit 2, and `sweep`."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mefts_core.cli import _kv, add_core_commands, grid_points, main
+
+REPO = Path(__file__).resolve().parents[2]
+POS = ["great movie", "wonderful acting", "i loved it", "superb and moving", "a delight"]
+NEG = ["terrible film", "awful plot", "i hated it", "boring and dull", "a mess"]
+
+
+def _sentiment_csv(path: Path, n: int, seed: int) -> None:
+    rng = random.Random(seed)
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["review", "sentiment"])
+        for _ in range(n):
+            lab = rng.choice(["pos", "neg"])
+            w.writerow([rng.choice(POS if lab == "pos" else NEG), lab])
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+
+
+def test_local_csv_trains_end_to_end_through_the_cli(tmp_path):
+    _sentiment_csv(tmp_path / "train.csv", 48, 0)
+    _sentiment_csv(tmp_path / "eval.csv", 24, 1)
+    out = tmp_path / "out" / "result.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "mefts_core.cli", "train", "--backbone", "tiny-bert", "--method", "lora",
+         "--task", "local", "--train", str(tmp_path / "train.csv"), "--eval", str(tmp_path / "eval.csv"),
+         "--text-columns", "review", "--label-column", "sentiment", "--epochs", "2", "--batch-size", "8",
+         "--max-seq-len", "16", "--lr", "1e-3", "--threads", "1", "--option", "r=4", "--output", str(out)],
+        cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=240,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["task"] == "local" and result["label_names"] == ["neg", "pos"]
+    assert result["config"]["method_options"] == {"r": 4}
+    assert result["config"]["task_options"]["text_columns"] == ["review"]
+    assert len(result["epoch_metrics"]) == 2 and "accuracy" in result["test_metrics"]
+    assert result["split_sizes"] == {"train": 48, "dev": 12, "test": 12}
+    assert result["memory"]["stored_activation_bytes"] > 0
+    assert "accuracy" in proc.stdout and "trainable of" in proc.stdout and f"wrote {out}" in proc.stdout
+    assert "epoch 2:" in proc.stderr  # progress lines
+
+
+def test_bad_field_prints_error_and_exits_2_without_traceback(tmp_path):
+    _sentiment_csv(tmp_path / "train.csv", 8, 0)
+    proc = subprocess.run(
+        [sys.executable, "-m", "mefts_core.cli", "train", "--backbone", "tiny-bert", "--method", "full",
+         "--task", "local", "--train", str(tmp_path / "train.csv"), "--eval", str(tmp_path / "train.csv"),
+         "--text-columns", "review", "--label-column", "y"],
+        cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "error: label_column='y': 'y' not in train.csv; columns: review, sentiment"
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--lr", "-0.1"], "error: learning_rate=-0.1: must be >= 0"),
+        (["--batch-size", "0"], "error: batch_size=0: must be an integer >= 1"),
+        (["--option", "r=8"], "error: r=8: option does not belong to method 'full'"),
+        (["--train", "x.csv"], "error: --train: only for --task local"),
+        (["--device", "tpu"], "error: device='tpu': must be"),
+    ],
+)
+def test_train_errors_in_process(capsys, extra, message):
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--backbone", "tiny-bert", "--method", "full", "--task", "sst2", *extra])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(message), err
+    assert "Traceback" not in err
+
+
+def test_unknown_task_and_backbone(capsys):
+    for args, message in ((["--task", "foo", "--backbone", "tiny-bert"], "error: task='foo': unknown task; valid: "),
+                          (["--task", "sst2", "--backbone", "nope"], "error: backbone='nope': unknown backbone")):
+        with pytest.raises(SystemExit) as e:
+            main(["train", "--method", "full", *args])
+        assert e.value.code == 2
+        assert capsys.readouterr().err.startswith(message)
+
+
+def test_option_values_parse_as_json_when_possible():
+    assert _kv("r=16") == ("r", 16)
+    assert _kv("alpha=0.5") == ("alpha", 0.5)
+    assert _kv("gradient_checkpointing=true") == ("gradient_checkpointing", True)
+    assert _kv('target_modules=["query","value"]') == ("target_modules", ["query", "value"])
+    assert _kv("placement=houlsby") == ("placement", "houlsby")
+    with pytest.raises(argparse.ArgumentTypeError):
+        _kv("novalue")
+
+
+def test_core_commands_attach_to_another_parser():
+    parser = argparse.ArgumentParser(prog="mefts")
+    add_core_commands(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["sweep", "--backbone", "b", "--method", "lora", "--task", "rte", "--budget", "3"])
+    assert args.command == "sweep" and args.budget == 3 and callable(args.func)
+    args = parser.parse_args(["train", "--backbone", "b", "--method", "lora", "--task", "rte", "--option", "r=4",
+                              "--option", "alpha=8"])
+    assert args.option == [("r", 4), ("alpha", 8)] and args.lr is None
+
+
+def test_grid_subset_is_deterministic():
+    grid = {"learning_rate": [3e-4, 4e-4, 5e-4], "batch_size": [16, 32], "epochs": [10, 20]}
+    full = grid_points(grid, None, 0)
+    assert len(full) == 12 and full[0] == {"learning_rate": 3e-4, "batch_size": 16, "epochs": 10}
+    sub = grid_points(grid, 4, 42)
+    assert sub == grid_points(grid, 4, 42) and len(sub) == 4 and all(p in full for p in sub)
+    assert [full.index(p) for p in sub] == sorted(full.index(p) for p in sub)
+    assert grid_points(grid, 4, 1) != sub
+
+
+def test_sweep_runs_the_budget_and_reports_the_best(tmp_path, capsys):
+    out = tmp_path / "sweep.json"
+    code = main(["sweep", "--backbone", "tiny-bert", "--method", "bitfit", "--task", "sst2", "--budget", "2",
+                 "--epochs-grid", "1", "--max-train-samples", "16", "--max-eval-samples", "16", "--max-seq-len", "16",
+                 "--no-memory", "--no-progress", "--output", str(out)])
+    assert code == 0
+    data = json.loads(out.read_text())
+    assert len(data["runs"]) == 2 and all(r["status"] == "ok" for r in data["runs"])
+    assert data["grid"]["learning_rate"] == [3e-4, 4e-4, 5e-4] and data["grid"]["epochs"] == [1]
+    assert "paper GLUE grid" in data["grid_source"]
+    assert data["best"]["dev"] == max(r["dev"] for r in data["runs"])
+    assert {r["learning_rate"] for r in data["runs"]} <= {3e-4, 4e-4, 5e-4}
+    assert len(data["results"]) == 2
+    stdout = capsys.readouterr().out
+    assert "best (by dev accuracy)" in stdout and "2 of 6 grid points" in stdout
