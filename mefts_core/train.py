@@ -299,7 +299,16 @@ def run_training(config: TrainConfig, callbacks: list[Callback] | None = None) -
                      max_train_samples=config.max_train_samples, max_eval_samples=config.max_eval_samples)
     task = data.task
     head = "multiple_choice" if task.problem == "multiple_choice" else "seq_cls"
-    model, tokenizer = load_backbone(config.backbone, head=head, num_labels=task.num_labels or 2, seed=config.seed)
+    try:
+        model, tokenizer = load_backbone(config.backbone, head=head, num_labels=task.num_labels or 2,
+                                         seed=config.seed)
+    except ValueError as e:
+        if head != "multiple_choice":
+            raise
+        # task.scoring == "head": options are scored by an encoder's multiple-choice head. Scoring them by a
+        # decoder's likelihood is not implemented.
+        raise ValueError(f"task {task.name!r} is multiple choice, scored with a multiple-choice head, which backbone "
+                         f"{config.backbone!r} lacks ({e}); use an encoder backbone (e.g. minilm-l6)") from e
     if tokenizer.pad_token_id is None:  # decoder tokenizers (GPT-2, Llama) have none
         tokenizer.pad_token = tokenizer.eos_token
         model.config.pad_token_id = tokenizer.pad_token_id
