@@ -345,3 +345,19 @@ def test_every_task_main_metric_is_computed():
         preds = [0.5, 1.5] if task.problem == "regression" else [0, 1]
         out = compute_metrics(task.metrics, preds, [0.7, 1.2] if task.problem == "regression" else [0, 1])
         assert task.main_metric in out, task.name
+
+
+@needs_data
+@pytest.mark.parametrize("name", PACKAGED)
+def test_metrics_on_real_rows(name):
+    data = load_task(name, seed=42, max_eval_samples=40)
+    labels = [e.label for e in data.test]
+    task = data.task
+    perfect = compute_metrics(task.metrics, labels, labels)
+    assert perfect[task.main_metric] == pytest.approx(1.0)
+    ones = [1] * len(labels)  # always answer class / option 1
+    got = compute_metrics(task.metrics, ones, labels)
+    n1 = labels.count(1)
+    assert got["accuracy"] == pytest.approx(n1 / len(labels))
+    if "f1" in task.metrics:  # tp = n1, fp = the rest, fn = 0
+        assert got["f1"] == pytest.approx(2 * n1 / (2 * n1 + len(labels) - n1))
