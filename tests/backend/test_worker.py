@@ -1,0 +1,148 @@
+"""The worker for real: a `mefts serve` subprocess, job subprocesses running mefts_core.train on tiny-bert."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import signal
+import time
+
+from .conftest import LONG, TINY, pid_alive, wait_for
+
+MEDIUM = {**TINY, "hyperparameters": {**TINY["hyperparameters"], "epochs": 8, "max_train_samples": 128,
+                                      "patience": 1000}}
+
+
+def _norm(value):
+    """CSV text and JSON values compared on equal terms."""
+    if value is None or value == "":
+        return ""
+    if isinstance(value, bool) or value in ("True", "False"):
+        return str(value)
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def _running_with_progress(server, run_id: int, min_step: int = 1):
+    run = server.run(run_id)
+    if run["status"] == "running" and run["pid"] and (run["step"] or 0) >= min_step:
+        return run
+    assert run["status"] in ("queued", "running"), run
+    return None
+
+
+def test_tiny_run_queued_running_succeeded_with_metrics_memory_and_exports(make_server):
+    server = make_server()
+    r = server.http.post("/api/runs", json=TINY)
+    assert r.status_code == 201
+    rid = r.json()["id"]
+    seen = [r.json()["status"]]
+    deadline = time.monotonic() + 90
+    while seen[-1] not in ("succeeded", "failed", "does_not_fit", "cancelled") and time.monotonic() < deadline:
+        status = server.run(rid)["status"]
+        if status != seen[-1]:
+            seen.append(status)
+        time.sleep(0.05)
+    run = server.run(rid)
+    assert seen == ["queued", "running", "succeeded"], (seen, run["error"], run["traceback"])
+    assert run["attempts"] == 1 and run["progress"] == 1.0 and run["device_used"] == "cpu"
+    assert run["score"] is not None and run["main_metric"] == "accuracy"
+    assert run["versions"]["torch"] and run["seed"] == 42
+    assert "git_revision" in run  # None outside a git checkout
+    mem = run["memory"]
+    assert mem["stored_activation_bytes"] > 0 and mem["peak_bytes"] > mem["stored_activation_bytes"]
+    assert mem["batch_size"] == 8 and mem["seq_len"] == 32 and mem["process_peak_rss_bytes"] > 0
+    series = server.http.get(f"/api/runs/{rid}/metrics").json()["series"]
+    assert len(series["step_loss"]) == run["total_steps"] == 4
+    assert [p["epoch"] for p in series["dev_accuracy"]] == [1]
+    assert "epoch 1" in run["log_tail"]
+
+    # every export carries the run, its final metrics and its memory
+    runs_csv = list(csv.DictReader(io.StringIO(server.http.get("/api/runs.csv").text)))
+    runs_json = server.http.get("/api/runs.json").json()
+    assert len(runs_csv) == len(runs_json) == 1
+    assert list(runs_csv[0]) == list(runs_json[0])  # same columns, same order
+    assert {k: _norm(v) for k, v in runs_csv[0].items()} == {k: _norm(v) for k, v in runs_json[0].items()}
+    row = runs_json[0]
+    assert row["id"] == rid and row["status"] == "succeeded" and row["duration_seconds"] > 0
+    assert row["test_accuracy"] == run["score"] and row["memory.peak_bytes"] == mem["peak_bytes"]
+    assert row["max_train_samples"] == 32 and row["method_options.gradient_checkpointing"] is False
+
+    results_csv = list(csv.DictReader(io.StringIO(server.http.get("/api/results.csv").text)))
+    results_json = server.http.get("/api/results.json").json()
+    assert {k: _norm(v) for k, v in results_csv[0].items()} == {k: _norm(v) for k, v in results_json[0].items()}
+    assert results_json[0]["peak_bytes_mean"] == mem["peak_bytes"] and results_json[0]["n"] == 1
+    assert results_json[0]["score_mean"] == run["score"]
+    md, tex = server.http.get("/api/results.md").text, server.http.get("/api/results.tex").text
+    assert "| sst2 | tiny-bert | full | 1 |" in md and "sst2 & tiny-bert & full & 1" in tex
+
+
+def test_cancel_kills_the_running_job(make_server):
+    server = make_server()
+    rid = server.http.post("/api/runs", json=LONG).json()["id"]
+    run = wait_for(lambda: _running_with_progress(server, rid), 60, 0.1, "the run to make progress")
+    pid = run["pid"]
+    assert pid_alive(pid)
+    r = server.http.post(f"/api/runs/{rid}/cancel")
+    assert r.status_code == 200 and r.json()["cancel_requested"]
+    run = server.wait_status(rid, {"cancelled", "succeeded", "failed"}, 30)
+    assert run["status"] == "cancelled" and run["attempts"] == 1
+    wait_for(lambda: not pid_alive(pid), 10, 0.1, f"pid {pid} to be gone")
+    # the queue moves on: the next run gets the slot
+    nxt = server.http.post("/api/runs", json=TINY).json()["id"]
+    assert server.wait_status(nxt, {"succeeded", "failed"}, 90)["status"] == "succeeded"
+
+
+def test_sigkilled_job_is_retried_and_succeeds(make_server):
+    server = make_server()
+    rid = server.http.post("/api/runs", json=MEDIUM).json()["id"]
+    run = wait_for(lambda: _running_with_progress(server, rid), 60, 0.05, "the run to make progress")
+    os.kill(run["pid"], signal.SIGKILL)
+    run = server.wait_status(rid, {"succeeded", "failed", "cancelled"}, 120)
+    assert run["status"] == "succeeded", run["error"]
+    assert run["attempts"] == 2
+    # attempt 1's points are kept apart from attempt 2's
+    first = server.http.get(f"/api/runs/{rid}/metrics", params={"attempt": 1}).json()["series"]
+    assert 1 <= len(first["step_loss"]) < run["total_steps"]
+    assert len(server.http.get(f"/api/runs/{rid}/metrics").json()["series"]["step_loss"]) == run["total_steps"]
+
+
+def test_server_killed_mid_run_loses_nothing(make_server):
+    server = make_server()
+    done = server.http.post("/api/runs", json=TINY).json()["id"]
+    assert server.wait_status(done, {"succeeded", "failed"}, 90)["status"] == "succeeded"
+    before = server.run(done)
+    rid = server.http.post("/api/runs", json=MEDIUM).json()["id"]
+    queued = server.http.post("/api/runs", json=TINY).json()["id"]
+    run = wait_for(lambda: _running_with_progress(server, rid, 2), 60, 0.05, "the run to make progress")
+    steps_before = run["step"]
+    server.kill()  # SIGKILL: no shutdown code runs
+
+    server = make_server()  # a restart on the same data directory
+    assert server.run(done) == before  # finished data is intact
+    run = server.wait_status(rid, {"succeeded", "failed"}, 120)
+    assert run["status"] == "succeeded", run["error"]
+    assert run["attempts"] == 1  # the job outlived the server, kept its lease alive and finished the run
+    assert run["total_steps"] > steps_before
+    series = server.http.get(f"/api/runs/{rid}/metrics", params={"attempt": 1}).json()["series"]
+    assert len(series["step_loss"]) >= steps_before  # what attempt 1 wrote before the kill is still there
+    assert server.wait_status(queued, {"succeeded", "failed"}, 90)["status"] == "succeeded"
+
+
+def test_job_and_server_killed_run_is_requeued_after_the_lease_expires(make_server):
+    server = make_server()
+    rid = server.http.post("/api/runs", json=MEDIUM).json()["id"]
+    run = wait_for(lambda: _running_with_progress(server, rid), 60, 0.05, "the run to make progress")
+    server.kill()
+    os.killpg(run["pid"], signal.SIGKILL)  # the machine "lost" the job too
+    wait_for(lambda: not pid_alive(run["pid"]), 10, 0.1, "the job to die")
+
+    server = make_server()
+    run = server.wait_status(rid, {"succeeded", "failed"}, 120)
+    assert run["status"] == "succeeded", run["error"]
+    assert run["attempts"] == 2
+    first = server.http.get(f"/api/runs/{rid}/metrics", params={"attempt": 1}).json()["series"]
+    assert len(first["step_loss"]) >= 1
