@@ -108,6 +108,10 @@ class MeftOptions:
         metadata={"help": "exact (bit-exact fixed-point inverse), float (the paper's arithmetic), or checkpoint_every=k"},
     )
     seed: int = field(default=0, metadata={"help": "seed of the dropout RNG replayed in backward"})
+    error_budget: float | None = field(
+        default=1e-2,
+        metadata={"help": "float modes: relative reconstruction error past which backward raises (None: never)"},
+    )
 
     def __post_init__(self) -> None:
         _check(self.variant in MEFT_METHODS, "variant", self.variant, f"must be one of {MEFT_METHODS}")
@@ -127,7 +131,10 @@ class MeftOptions:
                 self.reversible_layers,
                 "must be an integer >= 0",
             )
-        self.checkpoint_every  # validates recompute
+        _ = self.checkpoint_every  # validates recompute
+        if self.error_budget is not None:
+            _check(isinstance(self.error_budget, int | float) and self.error_budget > 0, "error_budget",
+                   self.error_budget, "must be > 0 or None")
         if self.recompute == "exact":
             for name in ("lam", "beta"):
                 v = getattr(self, name)

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from mefts_core.memory import step_loss
 from mefts_core.methods import meft_stacks
 
 
@@ -30,15 +31,8 @@ def vanilla_backward(model: nn.Module) -> Iterator[nn.Module]:
 
 
 def batch_loss(model: nn.Module, batch: dict[str, Any], loss_fn: Callable | None = None) -> torch.Tensor:
-    """The loss of one batch: `output.loss` if the model computes one, else `loss_fn(output, batch)`, else the mean
-    square of the logits (or of the last hidden state), which exercises every path without labels."""
-    out = model(**batch)
-    if getattr(out, "loss", None) is not None:
-        return out.loss
-    if loss_fn is not None:
-        return loss_fn(out, batch)
-    y = out.logits if getattr(out, "logits", None) is not None else out.last_hidden_state
-    return y.float().pow(2).mean()
+    """The loss of one batch, by the same rule as measure_step (see memory.step_loss)."""
+    return step_loss(model(**batch), batch, loss_fn)
 
 
 _LAYER = re.compile(r"stack\.blocks\.(\d+)\.")

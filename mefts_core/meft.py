@@ -79,7 +79,7 @@ def apply_meft(base: nn.Module, family, opts: MeftOptions) -> list[nn.Module]:
     if blocks:
         stack = ReversibleStack(
             blocks, lam=as_fraction(opts.lam), beta=as_fraction(opts.beta), swap=SWAP[opts.variant],
-            exact=opts.exact, checkpoint_every=opts.checkpoint_every, seed=opts.seed,
+            exact=opts.exact, checkpoint_every=opts.checkpoint_every, seed=opts.seed, error_budget=opts.error_budget,
         )
         like = next(base.parameters())
         merge = StreamMerge(opts.merge, TRACKING[opts.variant], cfg.hidden_size).to(like.device, like.dtype)

@@ -43,7 +43,8 @@ class MemoryReport:
     how: str  # "cuda-allocator" or "cpu-profiler"
     stored_activation_bytes: int  # saved for backward during forward+loss, by storage, parameters excluded
     peak_bytes: int  # absolute peak over forward, backward and optimizer.step()
-    peak_activation_bytes: int  # peak_bytes - param_bytes - grad_bytes - optimizer_bytes, clamped >= 0
+    peak_activation_bytes: int  # highest rise over forward+backward above the start (params, grads, optimizer
+    #                             state all allocated): the paper's max_memory_allocated - memory_allocated
     param_bytes: int
     trainable_param_bytes: int
     grad_bytes: int  # .grad of trainable parameters at the end of backward
@@ -133,23 +134,26 @@ class _SavedTensorCounter:
 # --------------------------------------------------------------------------- the step
 
 
-def _loss(output: Any, batch: dict[str, torch.Tensor], loss_fn: LossFn | None) -> torch.Tensor:
+def step_loss(output: Any, batch: dict[str, torch.Tensor], loss_fn: LossFn | None = None) -> torch.Tensor:
     """``output.loss`` if the model computed one, else ``loss_fn(output, batch)``, else a synthetic
-    ``output.logits.float().pow(2).mean()`` (needs no labels; it saves the float logits for backward)."""
+    ``logits.float().pow(2).mean()`` (or of the last hidden state for a bare backbone): it needs no labels and
+    exercises every path."""
     loss = output.get("loss") if isinstance(output, dict) else getattr(output, "loss", None)
     if loss is not None:
         return loss
     if loss_fn is not None:
         return loss_fn(output, batch)
-    logits = output["logits"] if isinstance(output, dict) else output.logits
-    return logits.float().pow(2).mean()
+    y = output.get("logits") if isinstance(output, dict) else getattr(output, "logits", None)
+    if y is None:
+        y = output["last_hidden_state"] if isinstance(output, dict) else output.last_hidden_state
+    return y.float().pow(2).mean()
 
 
 def _warmup_step(
     model: nn.Module, batch: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer, loss_fn: LossFn | None
 ) -> None:
     optimizer.zero_grad(set_to_none=True)
-    _loss(model(**batch), batch, loss_fn).backward()
+    step_loss(model(**batch), batch, loss_fn).backward()
     optimizer.step()
 
 
@@ -172,8 +176,12 @@ def _model_device(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.dev
 # --------------------------------------------------------------------------- CPU peak from the profiler
 
 
-def _profiled_rise(prof: torch.profiler.profile) -> int:
-    """Highest rise of live CPU-allocator bytes above the level at profiler start.
+_OPT_MARK = "mefts::optimizer_step"
+
+
+def _profiled_rise(prof: torch.profiler.profile) -> tuple[int, int]:
+    """Highest rise of live CPU-allocator bytes above the level at profiler start: (before the optimizer step, over
+    the whole window). The optimizer step is found by its record_function marker.
 
     Each allocation event carries ``alloc_size`` (negative for a free) and ``total_allocated``. On CPU
     that total is kept by c10's ProfiledCPUMemoryReporter: it is process-wide, but only counts blocks
@@ -187,9 +195,12 @@ def _profiled_rise(prof: torch.profiler.profile) -> int:
     if results is None:
         raise RuntimeError("torch.profiler returned no results; cannot measure CPU peak memory")
     allocs: list[tuple[int, int, int, int]] = []  # (time, ptr, alloc_size, total_allocated)
+    opt_start = None
     stack = list(reversed(results.experimental_event_tree()))
     while stack:
         node = stack.pop()
+        if node.name == _OPT_MARK:
+            opt_start = node.start_time_ns if opt_start is None else min(opt_start, node.start_time_ns)
         if node.tag == _EventType.Allocation:
             f = node.extra_fields
             if f.device.type in _CPU_ALLOC_DEVICE_TYPES:
@@ -203,14 +214,16 @@ def _profiled_rise(prof: torch.profiler.profile) -> int:
     allocs.sort(key=lambda a: a[0])  # stable: keeps per-thread order for equal timestamps
 
     live: dict[int, int] = {}
-    running = rise = 0
-    for _, ptr, size, _ in allocs:
+    running = rise = before_opt = 0
+    for t, ptr, size, _ in allocs:
         if size > 0:
             running += size - live.get(ptr, 0)  # a repeated ptr means we missed its free
             live[ptr] = size
         elif ptr in live:
             running -= live.pop(ptr)
         rise = max(rise, running)
+        if opt_start is None or t < opt_start:
+            before_opt = max(before_opt, running)
     # Cross-check against the profiler's own counter (equal unless older blocks were freed in the window).
     first_total = allocs[0][3] - allocs[0][2]
     log.debug(
@@ -219,7 +232,7 @@ def _profiled_rise(prof: torch.profiler.profile) -> int:
         rise,
         max(a[3] for a in allocs) - first_total,
     )
-    return rise
+    return before_opt, rise
 
 
 # --------------------------------------------------------------------------- public entry point
@@ -252,15 +265,15 @@ def measure_step(
 
     params = list(model.parameters())
     param_keys = {k for k in (_storage_key(p) for p in params) if k is not None}
-    # Grads are freed here, outside the measured window: the profiler could not see that free (the
-    # blocks predate it), and backward re-allocates them inside the window where they are seen.
-    optimizer.zero_grad(set_to_none=True)
+    # Grads stay allocated (zeroed, not freed), as after a warm-up step in the paper's measurement: backward then
+    # accumulates in place, and everything that rises above the step's starting level is activation memory.
+    optimizer.zero_grad(set_to_none=False)
 
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
         prof = None
-        base_bytes = 0
+        base_bytes = torch.cuda.memory_allocated(device)
     else:
         # Everything we know to be alive at the step start, as CUDA's absolute counter would see it.
         alive = params + list(model.buffers()) + _optimizer_tensors(optimizer)
@@ -275,11 +288,15 @@ def measure_step(
         # Only forward+loss run under the hooks: what backward recomputes is transient (a peak), not stored.
         with counter:
             output = model(**batch)
-            loss = _loss(output, batch, loss_fn)
+            loss = step_loss(output, batch, loss_fn)
         stored = counter.held_bytes()
         loss.backward()
         grad_bytes = _unique_bytes(p.grad for p in trainable if p.grad is not None)
-        optimizer.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+            act_rise = torch.cuda.max_memory_allocated(device) - base_bytes
+        with torch.profiler.record_function(_OPT_MARK):
+            optimizer.step()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
     step_seconds = time.perf_counter() - start
@@ -289,8 +306,9 @@ def measure_step(
         how, peak = "cuda-allocator", int(torch.cuda.max_memory_allocated(device))
     else:
         # Absolute peak = bytes alive at the step start (from tensors) + the profiler's highest rise above
-        # that start during the step.
-        how, peak = "cpu-profiler", base_bytes + _profiled_rise(prof)
+        # that start during the step; the activation peak is the highest rise before the optimizer step.
+        act_rise, rise = _profiled_rise(prof)
+        how, peak = "cpu-profiler", base_bytes + rise
 
     param_bytes = _unique_bytes(params)
     optimizer_bytes = _unique_bytes(_optimizer_tensors(optimizer))
@@ -301,7 +319,7 @@ def measure_step(
         how=how,
         stored_activation_bytes=stored,
         peak_bytes=peak,
-        peak_activation_bytes=max(0, peak - param_bytes - grad_bytes - optimizer_bytes),
+        peak_activation_bytes=max(0, int(act_rise)),
         param_bytes=param_bytes,
         trainable_param_bytes=_unique_bytes(trainable),
         grad_bytes=grad_bytes,

@@ -65,7 +65,7 @@ def apply_method(model: nn.Module, method: str, **options: Any) -> nn.Module:
     for p in model.parameters():
         p.requires_grad_(id(p) in keep)
     if getattr(opts, "gradient_checkpointing", False):
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     model._mefts_method = method
     model._mefts_options = opts
     return model

@@ -69,7 +69,7 @@ class ReversibleStack(nn.Module):
     """
 
     def __init__(self, blocks: list[RevBlock], *, lam: Fraction, beta: Fraction, swap: bool, exact: bool,
-                 checkpoint_every: int = 0, seed: int = 0) -> None:
+                 checkpoint_every: int = 0, seed: int = 0, error_budget: float | None = 1e-2) -> None:
         super().__init__()
         self.blocks = nn.ModuleList(blocks)
         self.lam, self.beta, self.swap = lam, beta, swap
@@ -82,7 +82,7 @@ class ReversibleStack(nn.Module):
         self.trace: dict[str, list[torch.Tensor]] | None = None  # diagnostics: per-layer inputs, fwd and rebuilt
         # Float mode: both streams start as copies of h0, so after inversion their difference is a free measure of the
         # reconstruction error. Past this relative budget the gradients are computed at wrong points: fail loudly.
-        self.error_budget: float | None = 1e-2
+        self.error_budget = error_budget
         self.last_reconstruction_error: float | None = None
 
     # -- helpers -------------------------------------------------------------------------------------------------
@@ -203,25 +203,57 @@ class ReversibleStack(nn.Module):
         """
         block = self.blocks[i]
         (y1, y2), (dy1, dy2) = self._order(*state), self._order(*dstate)
-        with torch.enable_grad():
-            y1f = ar.decode(y1).detach().requires_grad_(True)
-            with replay.run(i, 1, self.replay_autocast):
-                g = block.g(y1f, **ctx)
-            dg = torch.autograd.grad(g, [y1f, *params], dy2.to(g.dtype), allow_unused=True)
-        dy1 = dy1 + dg[0]  # total dL/dy1 (a new tensor: grad_output is never edited in place)
-        x2 = ar.unscale(ar.sub(y2, g.detach()), buf_b, self.beta)
+        g, dy1_from_g, grads_g = self._vjp(block.g, ar.decode(y1), dy2, params, replay, i, 1, ctx)
+        dy1 = dy1 + dy1_from_g  # total dL/dy1 (a new tensor: grad_output is never edited in place)
+        x2 = ar.unscale(ar.sub(y2, g), buf_b, self.beta)
         del g
-        with torch.enable_grad():
-            x2f = ar.decode(x2).detach().requires_grad_(True)
-            with replay.run(i, 0, self.replay_autocast):
-                f = block.f(x2f, **ctx)
-            df = torch.autograd.grad(f, [x2f, *params], dy1.to(f.dtype), allow_unused=True)
-        x1 = ar.unscale(ar.sub(y1, f.detach()), buf_l, self.lam)
+        f, dx2_from_f, grads_f = self._vjp(block.f, ar.decode(x2), dy1, params, replay, i, 0, ctx)
+        x1 = ar.unscale(ar.sub(y1, f), buf_l, self.lam)
         del f
         dx1 = dy1 * float(self.lam)
-        dx2 = dy2 * float(self.beta) + df[0]
-        grads = [_add(a, b) for a, b in zip(dg[1:], df[1:])]
-        return (x1, x2), (dx1, dx2), grads
+        dx2 = dy2 * float(self.beta) + dx2_from_f
+        return (x1, x2), (dx1, dx2), [_add(a, b) for a, b in zip(grads_g, grads_f)]
+
+    def _vjp(self, fn: nn.Module, x: torch.Tensor, dout: torch.Tensor, params, replay: _Replay, i: int,
+             which: int, ctx: dict):
+        """Recompute fn(x) under the forward's seed and autocast; return (output, dL/dx, [dL/dparam]).
+
+        A function made of `pieces` (a whole layer = attention then FFN) is recomputed piece by piece, like
+        checkpointing inside the layer: only one piece's graph is alive at a time, which halves the peak. Each
+        piece restarts from the RNG state it saw in the forward, so dropout masks are the same bits.
+        """
+        pieces = list(getattr(fn, "pieces", [fn]))
+        grads: list[torch.Tensor | None] = [None] * len(params)
+        with replay.run(i, which, self.replay_autocast):
+            xs, rng = [x], [_rng_state(x.device)]
+            with torch.no_grad():
+                for piece in pieces[:-1]:
+                    xs.append(piece(xs[-1], **ctx))
+                    rng.append(_rng_state(x.device))
+            out = None
+            for k in reversed(range(len(pieces))):
+                _set_rng_state(x.device, rng[k])
+                with torch.enable_grad():
+                    xin = xs[k].detach().requires_grad_(True)
+                    y = pieces[k](xin, **ctx)
+                    got = torch.autograd.grad(y, [xin, *params], dout.to(y.dtype), allow_unused=True)
+                if out is None:
+                    out = y.detach()
+                dout = got[0]
+                grads = [_add(a, b) for a, b in zip(grads, got[1:])]
+                del y, got, xin
+        return out, dout, grads
+
+
+def _rng_state(device: torch.device) -> torch.Tensor:
+    return torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.get_rng_state()
+
+
+def _set_rng_state(device: torch.device, state: torch.Tensor) -> None:
+    if device.type == "cuda":
+        torch.cuda.set_rng_state(state, device)
+    else:
+        torch.set_rng_state(state)
 
 
 class _Exact(torch.autograd.Function):
@@ -283,7 +315,8 @@ class _RevFunction(torch.autograd.Function):
             state, dstate, grads = stack.backward_layer(
                 i, state, dstate, buffers[2 * i], buffers[2 * i + 1], ctx.replay, ctx.layer_ctx, ar, params
             )
-            rebuilt.append(state)
+            if stack.trace is not None:  # diagnostics only: holding every layer's state would defeat the point
+                rebuilt.append(state)
             if i in checkpoints:  # recompute="checkpoint_every=k": reset the drift to the stored exact state
                 state = checkpoints[i]
             for p, g in zip(params, grads):

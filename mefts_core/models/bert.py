@@ -14,14 +14,19 @@ from mefts_core.adapters import AdaptedOutput, BottleneckAdapter
 
 
 class LayerCall(nn.Module):
-    """The whole post-LN layer: attention sub-block then FFN sub-block."""
+    """The whole post-LN layer as two pieces, attention sub-block then FFN sub-block (the same ops as BertLayer).
+
+    `pieces` lets the reversible backward recompute the layer one sub-block at a time.
+    """
 
     def __init__(self, layer: nn.Module) -> None:
         super().__init__()
-        self.layer = layer
+        self.pieces = nn.ModuleList([AttnCall(layer.attention), FfnCall(layer.intermediate, layer.output)])
 
     def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        return self.layer(x, attention_mask)  # (B, T, d)
+        for piece in self.pieces:
+            x = piece(x, attention_mask=attention_mask)
+        return x  # (B, T, d)
 
 
 class AttnCall(nn.Module):

@@ -189,8 +189,9 @@ def test_param_grad_and_adamw_state_accounting():
     assert r.grad_bytes == trainable
     # AdamW: exp_avg and exp_avg_sq per parameter, plus its "step" counter, a float32 scalar tensor.
     assert r.optimizer_bytes == 2 * trainable + 4 * n_trainable
-    assert r.peak_bytes >= r.param_bytes + r.grad_bytes + r.optimizer_bytes
-    assert r.peak_activation_bytes == r.peak_bytes - r.param_bytes - r.grad_bytes - r.optimizer_bytes
+    # Activation peak: the rise over forward+backward while params, grads and optimizer state are all allocated.
+    assert r.peak_bytes >= r.param_bytes + r.grad_bytes + r.optimizer_bytes + r.peak_activation_bytes
+    assert r.peak_activation_bytes >= 0.9 * r.stored_activation_bytes
     assert r.device == "cpu" and r.how == "cpu-profiler" and r.batch_shape == [4, 64]
     assert r.step_seconds > 0
     assert json.loads(json.dumps(r.to_dict()))["stored_activation_bytes"] == r.stored_activation_bytes
