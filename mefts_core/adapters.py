@@ -52,13 +52,11 @@ class AdaptedOutput(nn.Module):
 
 
 def adapter_for(base: nn.Module, bottleneck: int, init_std: float) -> BottleneckAdapter:
-    """An adapter sized, activated and placed like the backbone (hidden_act, hidden_dropout_prob, dtype, device)."""
+    """An adapter sized, activated and placed like the backbone (its activation, hidden dropout, dtype, device)."""
     config = base.config
     like = next(base.parameters())
-    return BottleneckAdapter(
-        config.hidden_size,
-        bottleneck,
-        act=getattr(config, "hidden_act", "gelu"),
-        dropout=getattr(config, "hidden_dropout_prob", 0.1),
-        init_std=init_std,
-    ).to(device=like.device, dtype=like.dtype)
+    act = getattr(config, "hidden_act", None) or getattr(config, "activation_function", None) or "gelu"
+    dropout = next((getattr(config, k) for k in ("hidden_dropout_prob", "dropout") if hasattr(config, k)), 0.0)
+    return BottleneckAdapter(config.hidden_size, bottleneck, act=act, dropout=dropout, init_std=init_std).to(
+        device=like.device, dtype=like.dtype
+    )

@@ -13,9 +13,12 @@ from torch import nn
 from mefts_core.adapters import adapter_for
 from mefts_core.config import AdapterOptions, LoraOptions, MeftOptions, method_options
 from mefts_core.meft import apply_meft
+from mefts_core.models.bart import BartFamily
+from mefts_core.models.base import Chain, install
 from mefts_core.models.bert import BertFamily
+from mefts_core.models.decoders import LlamaFamily, OptFamily
 
-FAMILIES = (BertFamily,)
+FAMILIES = (BertFamily, BartFamily, OptFamily, LlamaFamily)
 
 
 def family_of(model: nn.Module):
@@ -87,15 +90,23 @@ def _apply_lora(model: nn.Module, family, opts: LoraOptions) -> list[nn.Paramete
 
 def _apply_adapters(base: nn.Module, family, opts: AdapterOptions) -> list[nn.Parameter]:
     """Bottleneck adapters: Pfeiffer (series after the FFN), Houlsby (series after attention and FFN), parallel."""
-    made = []
-    for layer in family.layers(base):
-        a = adapter_for(base, opts.bottleneck, opts.adapter_init_std)
-        family.add_ffn_adapter(layer, a, "parallel" if opts.placement == "parallel" else "series")
-        made.append(a)
-        if opts.placement == "houlsby":
-            b = adapter_for(base, opts.bottleneck, opts.adapter_init_std)
-            family.add_attn_adapter(layer, b, "series")
-            made.append(b)
+    made: list[nn.Module] = []
+
+    def new_adapter() -> nn.Module:
+        made.append(adapter_for(base, opts.bottleneck, opts.adapter_init_std))
+        return made[-1]
+
+    for layers, keys in family.groups(base):
+        chains = []
+        for layer in layers:
+            attn, ffn = family.pieces(
+                layer,
+                attn_adapter=new_adapter() if opts.placement == "houlsby" else None,
+                ffn_adapter=new_adapter(),
+                ffn_mode="parallel" if opts.placement == "parallel" else "series",
+            )
+            chains.append(Chain([*attn, ffn]))
+        install(layers, 0, None, None, chains, keys)
     return [p for m in made for p in m.parameters()]
 
 

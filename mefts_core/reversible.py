@@ -69,10 +69,14 @@ class ReversibleStack(nn.Module):
     """
 
     def __init__(self, blocks: list[RevBlock], *, lam: Fraction, beta: Fraction, swap: bool, exact: bool,
-                 checkpoint_every: int = 0, seed: int = 0, error_budget: float | None = 1e-2) -> None:
+                 checkpoint_every: int = 0, seed: int = 0, error_budget: float | None = 1e-2,
+                 f_residual: bool = False, g_residual: bool = False) -> None:
         super().__init__()
         self.blocks = nn.ModuleList(blocks)
         self.lam, self.beta, self.swap = lam, beta, swap
+        # Pre-LN blocks return x + branch(x): the bypass then scales the stream *difference*,
+        # y1 = λ·(x1 − x2) + F(x2), so that a start near the PLM is not pushed off by λ·x1 (meft-spec.md §4).
+        self.f_residual, self.g_residual = f_residual, g_residual
         self.exact = exact
         self.checkpoint_every = checkpoint_every
         self.seed = seed
@@ -108,10 +112,15 @@ class ReversibleStack(nn.Module):
 
     # -- forward -------------------------------------------------------------------------------------------------
     def forward(self, h0: torch.Tensor, **ctx: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        """h0: (B, T, d) float -> two (B, T, d) float streams."""
+        """h0: (B, T, d) float -> two (B, T, d) float streams.
+
+        `ctx` is passed to every F and G call (masks, rotary embeddings, an encoder's output for cross-attention).
+        Context tensors that require grad (the encoder output) get their gradient summed over the layers.
+        """
         replay = self._replay(h0)
         params = [p for b in self.blocks for p in b.trainable()]
-        needs_graph = torch.is_grad_enabled() and (h0.requires_grad or len(params) > 0)
+        extras = [k for k, v in ctx.items() if isinstance(v, torch.Tensor) and v.requires_grad]
+        needs_graph = torch.is_grad_enabled() and (h0.requires_grad or len(params) + len(extras) > 0)
         if self.vanilla and needs_graph:
             return self._forward_autograd(h0, replay, ctx)
         if not needs_graph:  # eval / no_grad: no Function, no graph, no buffers kept
@@ -119,7 +128,8 @@ class ReversibleStack(nn.Module):
                 (s1, s2), _, _ = self.run_forward(h0, replay, ctx)
             ar = self.arith(h0.dtype)
             return ar.decode(s1), ar.decode(s2)
-        return _RevFunction.apply(self, replay, ctx, h0, *params)
+        static = {k: v for k, v in ctx.items() if k not in extras}
+        return _RevFunction.apply(self, replay, static, extras, h0, *[ctx[k] for k in extras], *params)
 
     def run_forward(self, h0: torch.Tensor, replay: _Replay, ctx: dict, keep: bool = False):
         """The coupling without autograd. Returns the top state, the remainder buffers and the checkpoints."""
@@ -135,12 +145,12 @@ class ReversibleStack(nn.Module):
             x1, x2 = state
             with replay.run(i, 0, self.replay_autocast):
                 f = block.f(ar.decode(x2), **ctx)  # (B, T, d)
-            a, buf_l = ar.scale(x1, self.lam)
+            a, buf_l = ar.scale(x1 - x2 if self.f_residual else x1, self.lam)
             y1 = ar.add(a, f)
             del f
             with replay.run(i, 1, self.replay_autocast):
                 g = block.g(ar.decode(y1), **ctx)
-            b, buf_b = ar.scale(x2, self.beta)
+            b, buf_b = ar.scale(x2 - y1 if self.g_residual else x2, self.beta)
             y2 = ar.add(b, g)
             del g
             buffers += [buf_l, buf_b]
@@ -158,14 +168,15 @@ class ReversibleStack(nn.Module):
             self._record("forward", ints, ar)
             with replay.run(i, 0, self.replay_autocast):
                 f = block.f(x2f, **ctx)
-            y1 = ar.add(ar.scale(ints[0], self.lam)[0], f.detach())
-            y1f = lam * x1f + f.to(x1f.dtype)
+            x1i, x2i = ints
+            y1 = ar.add(ar.scale(x1i - x2i if self.f_residual else x1i, self.lam)[0], f.detach())
+            y1f = lam * (x1f - x2f if self.f_residual else x1f) + f.to(x1f.dtype)
             if ar.exact:
                 y1f = _Exact.apply(ar.decode(y1), y1f)
             with replay.run(i, 1, self.replay_autocast):
                 g = block.g(y1f, **ctx)
-            y2 = ar.add(ar.scale(ints[1], self.beta)[0], g.detach())
-            y2f = beta * x2f + g.to(x2f.dtype)
+            y2 = ar.add(ar.scale(x2i - y1 if self.g_residual else x2i, self.beta)[0], g.detach())
+            y2f = beta * (x2f - y1f if self.g_residual else x2f) + g.to(x2f.dtype)
             if ar.exact:
                 y2f = _Exact.apply(ar.decode(y2), y2f)
             ints = self._order(y1, y2)
@@ -196,26 +207,33 @@ class ReversibleStack(nn.Module):
             )
 
     # -- backward ------------------------------------------------------------------------------------------------
-    def backward_layer(self, i: int, state, dstate, buf_l, buf_b, replay: _Replay, ctx: dict, ar, params):
+    def backward_layer(self, i: int, state, dstate, buf_l, buf_b, replay: _Replay, ctx: dict, ar, params,
+                       extras: tuple[str, ...] = ()):
         """Rebuild layer i's input from its output and push the gradient through it (Listing 1, with inverses).
 
-        Returns (input state, grad wrt input floats, [grad per param of this block]).
+        Returns (input state, grad wrt input floats, [grad per param of this block, then per extra ctx tensor]).
         """
         block = self.blocks[i]
         (y1, y2), (dy1, dy2) = self._order(*state), self._order(*dstate)
-        g, dy1_from_g, grads_g = self._vjp(block.g, ar.decode(y1), dy2, params, replay, i, 1, ctx)
+        g, dy1_from_g, grads_g = self._vjp(block.g, ar.decode(y1), dy2, params, replay, i, 1, ctx, extras)
         dy1 = dy1 + dy1_from_g  # total dL/dy1 (a new tensor: grad_output is never edited in place)
+        if self.g_residual:
+            dy1 = dy1 - dy2 * float(self.beta)
         x2 = ar.unscale(ar.sub(y2, g), buf_b, self.beta)
+        x2 = x2 + y1 if self.g_residual else x2
         del g
-        f, dx2_from_f, grads_f = self._vjp(block.f, ar.decode(x2), dy1, params, replay, i, 0, ctx)
+        f, dx2_from_f, grads_f = self._vjp(block.f, ar.decode(x2), dy1, params, replay, i, 0, ctx, extras)
         x1 = ar.unscale(ar.sub(y1, f), buf_l, self.lam)
+        x1 = x1 + x2 if self.f_residual else x1
         del f
         dx1 = dy1 * float(self.lam)
         dx2 = dy2 * float(self.beta) + dx2_from_f
+        if self.f_residual:
+            dx2 = dx2 - dy1 * float(self.lam)
         return (x1, x2), (dx1, dx2), [_add(a, b) for a, b in zip(grads_g, grads_f)]
 
     def _vjp(self, fn: nn.Module, x: torch.Tensor, dout: torch.Tensor, params, replay: _Replay, i: int,
-             which: int, ctx: dict):
+             which: int, ctx: dict, extras: tuple[str, ...] = ()):
         """Recompute fn(x) under the forward's seed and autocast; return (output, dL/dx, [dL/dparam]).
 
         A function made of `pieces` (a whole layer = attention then FFN) is recomputed piece by piece, like
@@ -223,7 +241,10 @@ class ReversibleStack(nn.Module):
         piece restarts from the RNG state it saw in the forward, so dropout masks are the same bits.
         """
         pieces = list(getattr(fn, "pieces", [fn]))
-        grads: list[torch.Tensor | None] = [None] * len(params)
+        # context tensors that need a gradient (an encoder's output) become leaves of this recompute
+        ctx = {k: (v.detach().requires_grad_(True) if k in extras else v) for k, v in ctx.items()}
+        targets = [*params, *[ctx[k] for k in extras]]
+        grads: list[torch.Tensor | None] = [None] * len(targets)
         with replay.run(i, which, self.replay_autocast):
             xs, rng = [x], [_rng_state(x.device)]
             with torch.no_grad():
@@ -236,7 +257,7 @@ class ReversibleStack(nn.Module):
                 with torch.enable_grad():
                     xin = xs[k].detach().requires_grad_(True)
                     y = pieces[k](xin, **ctx)
-                    got = torch.autograd.grad(y, [xin, *params], dout.to(y.dtype), allow_unused=True)
+                    got = torch.autograd.grad(y, [xin, *targets], dout.to(y.dtype), allow_unused=True)
                 if out is None:
                     out = y.detach()
                 dout = got[0]
@@ -281,16 +302,20 @@ class _RevFunction(torch.autograd.Function):
     """Forward runs the stack without a graph and saves only the top state and the exact-mode buffers."""
 
     @staticmethod
-    def forward(ctx, stack: ReversibleStack, replay: _Replay, layer_ctx: dict, h0: torch.Tensor, *params):
+    def forward(ctx, stack: ReversibleStack, replay: _Replay, static: dict, extras: list[str], h0: torch.Tensor,
+                *tensors):
+        extra_values = [t.detach() for t in tensors[: len(extras)]]
+        layer_ctx = {**static, **dict(zip(extras, extra_values))}
         state, buffers, checkpoints = stack.run_forward(h0, replay, layer_ctx, keep=True)
-        ctx.stack, ctx.replay, ctx.layer_ctx = stack, replay, layer_ctx
+        ctx.stack, ctx.replay, ctx.static, ctx.extras = stack, replay, static, tuple(extras)
         ctx.in_dtype = h0.dtype
         ctx.n_buffers = [b is not None for b in buffers]
         ctx.checkpoint_keys = sorted(checkpoints)
         saved = [state[0], state[1], *[b for b in buffers if b is not None]]
         for k in ctx.checkpoint_keys:
             saved += list(checkpoints[k])
-        ctx.save_for_backward(*saved)  # through save_for_backward so saved-tensor accounting sees every byte
+        # through save_for_backward so that saved-tensor accounting sees every byte kept for backward
+        ctx.save_for_backward(*saved, *extra_values)
         ar = stack.arith(h0.dtype)
         return ar.decode(state[0]), ar.decode(state[1])
 
@@ -298,6 +323,9 @@ class _RevFunction(torch.autograd.Function):
     def backward(ctx, d1, d2):
         stack: ReversibleStack = ctx.stack
         saved = list(ctx.saved_tensors)
+        n_extra = len(ctx.extras)
+        layer_ctx = {**ctx.static, **dict(zip(ctx.extras, saved[len(saved) - n_extra :]))}
+        saved = saved[: len(saved) - n_extra]
         state = (saved[0], saved[1])
         present = iter(saved[2 : 2 + sum(ctx.n_buffers)])
         buffers = [next(present) if has else None for has in ctx.n_buffers]
@@ -309,11 +337,12 @@ class _RevFunction(torch.autograd.Function):
         all_params = [p for b in stack.blocks for p in b.trainable()]
         index = {id(p): j for j, p in enumerate(all_params)}
         pgrads: list[torch.Tensor | None] = [None] * len(all_params)
+        egrads: list[torch.Tensor | None] = [None] * n_extra
         rebuilt = []
         for i in reversed(range(len(stack.blocks))):
             params = stack.blocks[i].trainable()
             state, dstate, grads = stack.backward_layer(
-                i, state, dstate, buffers[2 * i], buffers[2 * i + 1], ctx.replay, ctx.layer_ctx, ar, params
+                i, state, dstate, buffers[2 * i], buffers[2 * i + 1], ctx.replay, layer_ctx, ar, params, ctx.extras
             )
             if stack.trace is not None:  # diagnostics only: holding every layer's state would defeat the point
                 rebuilt.append(state)
@@ -321,9 +350,10 @@ class _RevFunction(torch.autograd.Function):
                 state = checkpoints[i]
             for p, g in zip(params, grads):
                 pgrads[index[id(p)]] = _add(pgrads[index[id(p)]], g)
+            egrads = [_add(a, b) for a, b in zip(egrads, grads[len(params) :])]
         if stack.trace is not None:
             for st in reversed(rebuilt):
                 stack._record("rebuilt", st, ar)
         stack.check_reconstruction(*state, ar)
         dh0 = dstate[0] + dstate[1]  # both streams start as h0
-        return None, None, None, dh0.to(ctx.in_dtype), *pgrads
+        return None, None, None, None, dh0.to(ctx.in_dtype), *egrads, *pgrads

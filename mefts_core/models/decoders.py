@@ -1,0 +1,99 @@
+"""Pre-LN decoder pieces: OPT and the Llama family (SmolLM2). Each piece returns x + branch(x), as the layer does.
+
+Causal masks, position ids and rotary embeddings arrive as context, computed once by the model's own forward, so the
+recompute in backward applies them identically. No KV cache is used in training.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+class OptAttnPiece(nn.Module):
+    """x + [series adapter](dropout(self_attn(LN x)))."""
+
+    def __init__(self, layer: nn.Module, adapter: nn.Module | None) -> None:
+        super().__init__()
+        self.norm, self.attn, self.p, self.adapter = layer.self_attn_layer_norm, layer.self_attn, layer.dropout, adapter
+
+    def forward(self, x: torch.Tensor, attention_mask=None, position_ids=None, **ctx) -> torch.Tensor:
+        h = self.attn(hidden_states=self.norm(x), attention_mask=attention_mask, position_ids=position_ids)[0]
+        h = F.dropout(h, p=self.p, training=self.training)
+        return x + (h + self.adapter(h) if self.adapter is not None else h)  # (B, T, d)
+
+
+class OptFfnPiece(nn.Module):
+    """x + dropout(fc2(act(fc1(LN x)))) + adapter(LN x) (parallel) or with a series adapter on the branch."""
+
+    def __init__(self, layer: nn.Module, adapter: nn.Module | None, mode: str) -> None:
+        super().__init__()
+        self.norm, self.fc1, self.fc2, self.act = layer.final_layer_norm, layer.fc1, layer.fc2, layer.activation_fn
+        self.p, self.adapter, self.mode = layer.dropout, adapter, mode
+
+    def forward(self, x: torch.Tensor, **ctx) -> torch.Tensor:
+        n = self.norm(x)
+        h = F.dropout(self.fc2(self.act(self.fc1(n))), p=self.p, training=self.training)
+        if self.adapter is not None:
+            h = h + self.adapter(h if self.mode == "series" else n)
+        return x + h
+
+
+class LlamaAttnPiece(nn.Module):
+    """x + [series adapter](self_attn(RMSNorm x)) with rotary embeddings from the context."""
+
+    def __init__(self, layer: nn.Module, adapter: nn.Module | None) -> None:
+        super().__init__()
+        self.norm, self.attn, self.adapter = layer.input_layernorm, layer.self_attn, adapter
+
+    def forward(self, x: torch.Tensor, attention_mask=None, position_embeddings=None, position_ids=None,
+                **ctx) -> torch.Tensor:
+        h = self.attn(hidden_states=self.norm(x), attention_mask=attention_mask,
+                      position_embeddings=position_embeddings, position_ids=position_ids)[0]
+        return x + (h + self.adapter(h) if self.adapter is not None else h)  # (B, T, d)
+
+
+class LlamaFfnPiece(nn.Module):
+    """x + mlp(RMSNorm x) + adapter(RMSNorm x) (parallel, as in RevLLaMA) or a series adapter on the branch."""
+
+    def __init__(self, layer: nn.Module, adapter: nn.Module | None, mode: str) -> None:
+        super().__init__()
+        self.norm, self.mlp, self.adapter, self.mode = layer.post_attention_layernorm, layer.mlp, adapter, mode
+
+    def forward(self, x: torch.Tensor, **ctx) -> torch.Tensor:
+        n = self.norm(x)
+        h = self.mlp(n)
+        if self.adapter is not None:
+            h = h + self.adapter(h if self.mode == "series" else n)
+        return x + h
+
+
+class OptFamily:
+    model_types = ("opt",)
+    pre_ln = True
+    lora_targets = ["q_proj", "v_proj"]
+
+    @staticmethod
+    def groups(base: nn.Module) -> list[tuple[nn.ModuleList, tuple[str, ...]]]:
+        if not base.config.do_layer_norm_before:
+            raise ValueError("do_layer_norm_before=False (OPT-350m's post-LN layout) is not supported by mefts")
+        return [(base.decoder.layers, ("attention_mask", "position_ids"))]
+
+    @staticmethod
+    def pieces(layer: nn.Module, *, attn_adapter=None, ffn_adapter=None, ffn_mode: str = "parallel"):
+        return [OptAttnPiece(layer, attn_adapter)], OptFfnPiece(layer, ffn_adapter, ffn_mode)
+
+
+class LlamaFamily:
+    model_types = ("llama",)
+    pre_ln = True
+    lora_targets = ["q_proj", "v_proj"]
+
+    @staticmethod
+    def groups(base: nn.Module) -> list[tuple[nn.ModuleList, tuple[str, ...]]]:
+        return [(base.layers, ("attention_mask", "position_embeddings", "position_ids"))]
+
+    @staticmethod
+    def pieces(layer: nn.Module, *, attn_adapter=None, ffn_adapter=None, ffn_mode: str = "parallel"):
+        return [LlamaAttnPiece(layer, attn_adapter)], LlamaFfnPiece(layer, ffn_adapter, ffn_mode)
