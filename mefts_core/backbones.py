@@ -122,6 +122,16 @@ def validate_backbone(name: str) -> None:
         )
 
 
+def is_decoder(name: str) -> bool:
+    """Whether a backbone is a decoder-only LM (multiple choice is then scored by likelihood)."""
+    if name in BACKBONES:
+        return BACKBONES[name].is_decoder
+    try:
+        return AutoConfig.from_pretrained(name).model_type in (*DECODER_FAMILIES, "gpt2", "mistral", "qwen2")
+    except (OSError, ValueError):
+        return False
+
+
 def _random_config(spec: BackboneSpec, tok, num_layers: int | None, kw: dict) -> Any:
     """A config of the family's shape; d/L/heads/ffn come from the spec, special ids from the tokenizer."""
     c = dict(spec.config)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from torch import nn
 from torch.nn import functional as F
 
 
@@ -64,6 +65,20 @@ def choice_scores(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tor
     scores = (tok * mask).sum(-1) / mask.sum(-1).clamp_min(1.0)
     scores = scores.view(b, c)
     return scores.masked_fill(~batch["choice_mask"], float("-inf"))
+
+
+class ChoiceScorer(nn.Module):
+    """A causal LM seen as a multiple-choice model: forward(**batch) returns {"logits": (B, C) option scores}."""
+
+    def __init__(self, lm: nn.Module) -> None:
+        super().__init__()
+        self.lm = lm
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, option_mask: torch.Tensor,
+                choice_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "option_mask": option_mask,
+                 "choice_mask": choice_mask}
+        return {"logits": choice_scores(self.lm, batch)}
 
 
 def choice_loss(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

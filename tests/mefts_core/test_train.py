@@ -184,3 +184,13 @@ def test_out_of_memory_propagates(monkeypatch):
     monkeypatch.setattr(train_mod, "task_loss", boom)
     with pytest.raises(torch.OutOfMemoryError):
         run_training(TrainConfig(**{**TINY, "measure_memory": False}))
+
+
+def test_decoder_scores_multiple_choice_by_likelihood():
+    """A decoder on a QA task: options scored by length-normalised log-likelihood, trained through MEFT."""
+    result = run_training(TrainConfig(backbone="tiny-llama", method="meft1", task="sciq", epochs=1, batch_size=4,
+                                      max_seq_len=48, max_train_samples=8, max_eval_samples=8, threads=1))
+    d = result.to_dict()
+    assert 0.0 <= d["test_metrics"]["accuracy"] <= 1.0
+    assert d["memory"]["stored_activation_bytes"] > 0
+    assert d["trainable_params"] < d["total_params"] / 100
