@@ -215,30 +215,30 @@ class ReversibleStack(nn.Module):
         """
         block = self.blocks[i]
         (y1, y2), (dy1, dy2) = self._order(*state), self._order(*dstate)
-        g, dy1_from_g, grads_g = self._vjp(block.g, ar.decode(y1), dy2, params, replay, i, 1, ctx, extras)
-        dy1 = dy1 + dy1_from_g  # total dL/dy1 (a new tensor: grad_output is never edited in place)
-        if self.g_residual:
-            dy1 = dy1 - dy2 * float(self.beta)
+        seed1 = dy1 - dy2 * float(self.beta) if self.g_residual else dy1
+        g, dy1, grads_g = self._vjp(block.g, ar.decode(y1), dy2, params, replay, i, 1, ctx, extras, seed1)
         x2 = ar.unscale(ar.sub(y2, g), buf_b, self.beta)
         x2 = x2 + y1 if self.g_residual else x2
         del g
-        f, dx2_from_f, grads_f = self._vjp(block.f, ar.decode(x2), dy1, params, replay, i, 0, ctx, extras)
+        seed2 = dy2 * float(self.beta) - dy1 * float(self.lam) if self.f_residual else dy2 * float(self.beta)
+        f, dx2, grads_f = self._vjp(block.f, ar.decode(x2), dy1, params, replay, i, 0, ctx, extras, seed2)
         x1 = ar.unscale(ar.sub(y1, f), buf_l, self.lam)
         x1 = x1 + x2 if self.f_residual else x1
         del f
         dx1 = dy1 * float(self.lam)
-        dx2 = dy2 * float(self.beta) + dx2_from_f
-        if self.f_residual:
-            dx2 = dx2 - dy1 * float(self.lam)
         return (x1, x2), (dx1, dx2), [_add(a, b) for a, b in zip(grads_g, grads_f)]
 
     def _vjp(self, fn: nn.Module, x: torch.Tensor, dout: torch.Tensor, params, replay: _Replay, i: int,
-             which: int, ctx: dict, extras: tuple[str, ...] = ()):
+             which: int, ctx: dict, extras: tuple[str, ...] = (), dx_seed: torch.Tensor | None = None):
         """Recompute fn(x) under the forward's seed and autocast; return (output, dL/dx, [dL/dparam]).
 
         A function made of `pieces` (a whole layer = attention then FFN) is recomputed piece by piece, like
         checkpointing inside the layer: only one piece's graph is alive at a time, which halves the peak. Each
         piece restarts from the RNG state it saw in the forward, so dropout masks are the same bits.
+
+        `dx_seed` is the gradient that reaches x through the coupling's bypass. It enters the same autograd call
+        (through a view of x created last, so it is accumulated first, as plain autograd does), which makes the
+        sum at x, and with it every gradient below, bit-identical to the vanilla backward's.
         """
         pieces = list(getattr(fn, "pieces", [fn]))
         # context tensors that need a gradient (an encoder's output) become leaves of this recompute
@@ -257,7 +257,11 @@ class ReversibleStack(nn.Module):
                 with torch.enable_grad():
                     xin = xs[k].detach().requires_grad_(True)
                     y = pieces[k](xin, **ctx)
-                    got = torch.autograd.grad(y, [xin, *targets], dout.to(y.dtype), allow_unused=True)
+                    outs, gouts = [y], [dout.to(y.dtype)]
+                    if k == 0 and dx_seed is not None:
+                        outs.append(xin.view_as(xin))
+                        gouts.append(dx_seed.to(xin.dtype))
+                    got = torch.autograd.grad(outs, [xin, *targets], gouts, allow_unused=True)
                 if out is None:
                     out = y.detach()
                 dout = got[0]
