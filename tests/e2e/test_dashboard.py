@@ -1,0 +1,368 @@
+"""The dashboard in a real browser against a real server and worker: submit from the form, watch the run finish
+live, find it on the scatter, download tables, see API errors next to their fields, and no console errors.
+
+The tests share one page (module scope) and run in file order; each also works alone (`-k`), since the run it
+needs comes from the `form_run` fixture.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+
+import pytest
+
+from tests.e2e.support import GiB
+
+sync_api = pytest.importorskip("playwright.sync_api")
+expect = sync_api.expect
+
+pytestmark = pytest.mark.browser
+
+MiB = 2**20
+TINY = {"hp-epochs": "1", "hp-batch_size": "8", "hp-max_seq_len": "32", "hp-max_train_samples": "64",
+        "hp-max_eval_samples": "32"}
+
+
+def graph(page, div_id: str) -> dict:
+    """The Plotly figure drawn in a div: its traces and axes, as Plotly holds them."""
+    return page.evaluate("""(id) => { const d = document.getElementById(id);
+        return { data: (d.data || []).map(t => ({ name: t.name, x: t.x, y: t.y, customdata: t.customdata || null,
+                 meta: t.meta || null, type: t.type })),
+                 layout: { xaxis: { type: d.layout.xaxis.type, title: (d.layout.xaxis.title || {}).text || '' } } }; }""", div_id)
+
+
+def pareto(points: list[tuple[float, float]]) -> set[tuple[float, float]]:
+    """Points no other point beats on both lower memory and higher score."""
+    return {p for p in points if not any(q[0] <= p[0] and q[1] >= p[1] and q != p for q in points)}
+
+
+def wait_scatter(page) -> None:
+    page.wait_for_function("() => { const d = document.getElementById('scatter');"
+                           " return d && d.data && d.data.length && Number(d.dataset.rendered) > 0; }")
+
+
+@pytest.fixture(scope="module")
+def form_run(page, server) -> int:
+    """A tiny-bert MEFT run submitted from the form; its id."""
+    page.goto(server.url + "/#/submit")
+    page.select_option("#f-backbone", "tiny-bert")
+    page.select_option("#f-method", "meft1")
+    page.select_option("#f-task", "sst2")
+    for field, value in TINY.items():
+        page.fill(f"#{field}", value)
+    page.click("#submit-btn")
+    expect(page.locator("#flash")).to_contain_text("Queued run #")
+    return int(re.search(r"Queued run #(\d+)", page.inner_text("#flash")).group(1))
+
+
+@pytest.fixture(scope="module")
+def finished_run(page, server, form_run) -> dict:
+    """The form's run once it succeeded (waited for in the runs table, without reloading the page)."""
+    page.goto(server.url + "/#/runs")
+    page.evaluate("""(id) => { window.__noReload = true; window.__seen = []; window.__progress = false;
+        window.__watch = setInterval(() => {
+            const tr = document.querySelector(`#runs-table tr[data-id="${id}"]`);
+            if (!tr) return;
+            if (window.__seen[window.__seen.length - 1] !== tr.dataset.status) window.__seen.push(tr.dataset.status);
+            if (tr.querySelector('progress')) window.__progress = true;
+        }, 50); }""", form_run)
+    badge = page.locator(f'#runs-table tr[data-id="{form_run}"] .badge')
+    expect(badge).to_have_text("succeeded", timeout=150_000)
+    watch = page.evaluate("() => { clearInterval(window.__watch);"
+                          " return { noReload: window.__noReload === true, seen: window.__seen, progress: window.__progress }; }")
+    return {"id": form_run, "watch": watch, "run": server.get(f"/api/runs/{form_run}")}
+
+
+# ------------------------------------------------------------------------------------------------ submit and live
+def test_submit_run_from_form(page, server, form_run):
+    run = server.get(f"/api/runs/{form_run}")
+    cfg = run["config"]
+    assert (cfg["backbone"], cfg["method"], cfg["task"]) == ("tiny-bert", "meft1", "sst2")
+    assert (cfg["epochs"], cfg["batch_size"], cfg["max_seq_len"]) == (1, 8, 32)
+    assert (cfg["max_train_samples"], cfg["max_eval_samples"]) == (64, 32)
+    assert run["method_label"] == "meft1"  # options left at their defaults are not sent
+    expect(page.locator(f'#runs-table tr[data-id="{form_run}"]')).to_be_visible()
+
+
+def test_run_reaches_succeeded_live(finished_run):
+    watch = finished_run["watch"]
+    assert watch["noReload"], "the page was reloaded"
+    assert watch["seen"][-1] == "succeeded"
+    assert "running" in watch["seen"], f"never showed the run running: {watch['seen']}"
+    assert watch["progress"], "no progress bar while running"
+    assert finished_run["run"]["status"] == "succeeded"
+
+
+def test_runs_row_shows_result(page, finished_run):
+    row = page.locator(f'#runs-table tr[data-id="{finished_run["id"]}"]')
+    run = finished_run["run"]
+    expect(row.locator('td[data-col="score"]')).not_to_be_empty()
+    shown = float(row.locator('td[data-col="score"]').inner_text())  # one decimal, rounded half up (JS toFixed)
+    assert shown == pytest.approx(100 * run["score"], abs=0.05 + 1e-9)
+    cell = row.locator('td[data-col="stored_activation_bytes"]')
+    expect(cell).to_have_text(re.compile(r"^[\d.]+ [KMG]iB$"))  # filled in once the finished run's page reloads
+    value, unit = cell.inner_text().split()
+    scale = {"KiB": 1024, "MiB": MiB, "GiB": GiB}[unit]
+    assert float(value) * scale == pytest.approx(run["stored_activation_bytes"], abs=0.051 * scale)
+
+
+# ------------------------------------------------------------------------------------------------ compare
+def test_scatter_shows_the_run_and_pareto_front(page, server, finished_run):
+    page.goto(server.url + "/#/compare?task=sst2&mem=stored&select=best")
+    wait_scatter(page)
+    fig = graph(page, "scatter")
+    scale = GiB if "GiB" in fig["layout"]["xaxis"]["title"] else MiB
+    points = {}  # run ids -> (x, y)
+    for t in fig["data"]:
+        if (t["meta"] or {}).get("kind") == "results":
+            for x, y, cd in zip(t["x"], t["y"], t["customdata"]):
+                points[cd[0]] = (x, y)
+    rows = [r for r in server.get("/api/results", select="best")["rows"] if r["task"] == "sst2"]
+    mine = next(r for r in rows if finished_run["id"] in json.loads(r["run_ids"]))
+    x, y = points[",".join(map(str, json.loads(mine["run_ids"])))]
+    assert x == pytest.approx(mine["stored_activation_bytes_mean"] / scale)
+    assert y == pytest.approx(100 * mine["score_mean"])
+    assert len(points) == len(rows)
+
+    front = next(t for t in fig["data"] if (t["meta"] or {}).get("kind") == "pareto")
+    expected = pareto([(r["stored_activation_bytes_mean"] / scale, 100 * r["score_mean"]) for r in rows])
+    drawn = set(zip(front["x"], front["y"]))
+    assert {(round(a, 9), round(b, 9)) for a, b in drawn} == {(round(a, 9), round(b, 9)) for a, b in expected}
+
+
+def test_memory_axis_choice_and_log_scale(page, server, finished_run):
+    page.goto(server.url + "/#/compare?task=sst2&mem=stored")
+    wait_scatter(page)
+    page.select_option("#cmp-mem", "peak")
+    page.check("#cmp-log")
+    page.wait_for_function("() => document.getElementById('scatter').layout.xaxis.type === 'log'")
+    fig = graph(page, "scatter")
+    assert fig["layout"]["xaxis"]["title"].startswith("Peak memory")
+    scale = GiB if "GiB" in fig["layout"]["xaxis"]["title"] else MiB
+    mine = next(r for r in server.get("/api/results")["rows"] if finished_run["id"] in json.loads(r["run_ids"]))
+    xs = [x for t in fig["data"] if (t["meta"] or {}).get("kind") == "results"
+          for x, cd in zip(t["x"], t["customdata"]) if str(finished_run["id"]) in cd[0].split(",")]
+    assert xs == [pytest.approx(mine["peak_bytes_mean"] / scale)]
+    assert "log=1" in page.url and "mem=peak" in page.url  # the view is in the URL
+
+
+def test_pivot_marks_best_cell_and_savings(page, server, finished_run):
+    page.goto(server.url + "/#/compare?task=sst2&mem=stored&select=best")
+    wait_scatter(page)
+    rows = [r for r in server.get("/api/results")["rows"] if r["task"] == "sst2"]
+    backbones = sorted({r["backbone"] for r in rows})
+    headers = page.locator("#pivot thead th").all_inner_texts()
+    assert headers == ["Method", *backbones]
+    for col, backbone in enumerate(backbones, start=2):
+        best = max(r["score_mean"] for r in rows if r["backbone"] == backbone)
+        cells = page.locator(f"#pivot tbody td:nth-child({col}).best")
+        assert cells.count() >= 1
+        for text in cells.locator(".score").all_inner_texts():
+            assert float(text.split()[0]) == pytest.approx(100 * best, abs=0.05 + 1e-9)
+    meft = next(r for r in rows if r["backbone"] == "roberta-large" and r["method"] == "meft1")
+    cell = page.locator("#pivot tbody tr", has=page.locator("th", has_text=re.compile("^meft1$"))).locator(
+        f"td:nth-child({backbones.index('roberta-large') + 2})")
+    expect(cell.locator(".saving")).to_contain_text(f"−{round(100 * meft['activation_saving_vs_full'])}% act.")
+
+
+# ------------------------------------------------------------------------------------------------ downloads
+def test_runs_csv_download_matches_api(page, server, finished_run):
+    page.goto(server.url + "/#/runs")
+    expect(page.locator(f'#runs-table tr[data-id="{finished_run["id"]}"]')).to_be_visible()
+    with page.expect_download() as info:
+        page.click('#runs-downloads [data-fmt="csv"]')
+    download = info.value
+    assert download.suggested_filename == "runs.csv"
+    rows = list(csv.DictReader(io.StringIO(open(download.path()).read())))
+    api = {r["id"]: r for r in server.get("/api/runs", limit=1000)["items"]}
+    assert [int(r["id"]) for r in rows] == sorted(api)
+    for r in rows:
+        a = api[int(r["id"])]
+        assert (r["status"], r["method_label"], r["backbone"], r["task"]) == (a["status"], a["method_label"],
+                                                                               a["backbone"], a["task"])
+        assert (float(r["score"]) if r["score"] else None) == a["score"]
+        stored = r["memory.stored_activation_bytes"]
+        assert (int(stored) if stored else None) == a["stored_activation_bytes"]
+
+    # The filters apply to the download; Markdown is built in the page from the same export.
+    page.select_option("#flt-status", "succeeded")
+    expect(page.locator("#runs-table tbody tr[data-status]").first).to_have_attribute("data-status", "succeeded")
+    with page.expect_download() as info:
+        page.click('#runs-downloads [data-fmt="md"]')
+    lines = open(info.value.path()).read().strip().splitlines()
+    n_ok = server.get("/api/runs", status="succeeded", limit=1)["total"]
+    assert lines[0].startswith("| id | status |") and len(lines) == n_ok + 2
+    assert all("| succeeded |" in line for line in lines[2:])
+
+
+def test_pivot_and_results_downloads(page, server, finished_run):
+    page.goto(server.url + "/#/compare?task=sst2&mem=stored")
+    wait_scatter(page)
+    with page.expect_download() as info:
+        page.click('#pivot-downloads button[data-fmt="tex"]')
+    tex = open(info.value.path()).read()
+    assert tex.startswith("\\begin{tabular}") and "meft1" in tex and "$\\star$" in tex
+    link = page.locator('#pivot-downloads a[href^="/api/results.csv"]')
+    assert "task=sst2" in link.get_attribute("href")
+    with page.expect_download() as info:
+        link.click()
+    rows = list(csv.DictReader(open(info.value.path())))
+    assert {r["task"] for r in rows} == {"sst2"} and len(rows) > 1
+
+
+# ------------------------------------------------------------------------------------------------ errors and reasons
+def test_invalid_form_shows_error_next_to_field(page, server, console):
+    before = server.get("/api/runs", limit=1)["total"]
+    page.goto(server.url + "/#/submit")
+    page.click("#reset-btn")
+    page.select_option("#f-method", "lora")
+    page.fill("#hp-learning_rate", "-1")
+    with console.expecting_422():
+        page.click("#submit-btn")
+        error = page.locator("#hp-learning_rate-error")
+        expect(error).to_contain_text("learning_rate=-1")
+    assert page.evaluate("""() => document.getElementById('hp-learning_rate-error').closest('.field')
+                                  === document.getElementById('hp-learning_rate').closest('.field')""")
+    expect(page.locator("#hp-learning_rate")).to_have_attribute("aria-invalid", "true")
+
+    # A method option, then a sweep axis: each error lands next to its own field, the old one goes.
+    page.fill("#hp-learning_rate", "")
+    page.fill("#mo-lora-r", "0")
+    with console.expecting_422():
+        page.click("#submit-btn")
+        expect(page.locator("#mo-lora-r-error")).to_contain_text("r=0")
+    expect(page.locator("#hp-learning_rate-error")).to_have_count(0)
+    page.fill("#mo-lora-r", "8")
+    page.check("#mode-sweep")
+    page.fill("#f-seeds", "1, abc")
+    with console.expecting_422():
+        page.click("#submit-btn")
+        expect(page.locator("#f-seeds-error")).to_be_visible()
+    assert server.get("/api/runs", limit=1)["total"] == before  # nothing was queued
+
+
+def test_queued_reason_cancel_retry_clone(page, server):
+    res = server.post("/api/runs", {"backbone": "tiny-bert", "method": "lora", "task": "sst2", "device": "cuda",
+                                    "name": "needs-gpu", "hyperparameters": {"epochs": 1}})
+    assert res.status_code == 201
+    run_id = res.json()["id"]
+    page.goto(server.url + "/#/runs")
+    row = page.locator(f'#runs-table tr[data-id="{run_id}"]')
+    expect(row.locator(".reason")).to_contain_text("needs a GPU")  # why it waits, from /api/system
+    row.locator('[data-action="cancel"]').click()
+    expect(row.locator(".badge")).to_have_text("cancelled")
+    row.locator('[data-action="retry"]').click()
+    expect(row.locator(".badge")).to_have_text("queued")
+    expect(row.locator(".reason")).to_contain_text("needs a GPU")
+    row.locator('[data-action="clone"]').click()
+    expect(page.locator("#clone-banner")).to_contain_text(f"Cloning run #{run_id}")
+    expect(page.locator("#f-device")).to_have_value("cuda")
+    expect(page.locator("#hp-epochs")).to_have_value("1")
+    page.fill("#f-name", "needs-gpu-clone")
+    page.click("#submit-btn")
+    expect(page.locator("#flash")).to_contain_text(f"clone of #{run_id}")
+    clone_id = int(re.search(r"Queued run #(\d+)", page.inner_text("#flash")).group(1))
+    clone = server.get(f"/api/runs/{clone_id}")
+    assert (clone["cloned_from"], clone["name"], clone["config"]["epochs"]) == (run_id, "needs-gpu-clone", 1)
+    for rid in (run_id, clone_id):
+        assert server.post(f"/api/runs/{rid}/cancel").status_code == 200
+
+
+def test_does_not_fit_and_failure_reasons(page, server):
+    page.goto(server.url + "/#/runs?status=does_not_fit")
+    row = page.locator(f'#runs-table tr[data-id="{server.seeded["does_not_fit"]}"]')
+    expect(row.locator(".badge")).to_have_text("does not fit")
+    expect(row.locator(".reason")).to_contain_text("does not fit at batch 64, seq 512")
+    page.goto(server.url + f"/#/runs/{server.seeded['failed']}")
+    expect(page.locator("#run-reason")).to_contain_text("Failed: RuntimeError: reconstruction error")
+
+
+def test_preflight_memory_check(page, server):
+    page.goto(server.url + "/#/submit")
+    page.click("#reset-btn")
+    page.select_option("#f-backbone", "roberta-large")
+    page.select_option("#f-method", "full")
+    page.fill("#hp-batch_size", "64")
+    page.fill("#hp-max_seq_len", "512")
+    item = page.locator("#preflight li.estimate")
+    expect(item).to_have_attribute("data-verdict", "no")
+    expect(item).to_contain_text(f"run #{server.seeded['does_not_fit']}")
+
+    # Measured peaks at batch 16, seq 128 (synthetic, on bert-base) against a budget.
+    page.select_option("#f-backbone", "bert-base")
+    page.select_option("#f-method", "meft1")
+    page.fill("#hp-batch_size", "16")
+    page.fill("#hp-max_seq_len", "128")
+    expect(item).to_contain_text("measured peak")
+    rows = server.get("/api/runs", backbone="bert-base", method="meft1", status="succeeded", limit=100)["items"]
+    peak = max(r["peak_bytes"] for r in rows) / GiB
+    page.fill("#f-budget", f"{peak * 0.5:.2f}")
+    expect(item).to_have_attribute("data-verdict", "no")
+    page.fill("#f-budget", f"{peak * 2:.2f}")
+    expect(item).to_have_attribute("data-verdict", "yes")
+
+
+# ------------------------------------------------------------------------------------------------ run detail
+def test_run_detail(page, server, finished_run):
+    run_id = finished_run["id"]
+    page.goto(server.url + f"/#/runs/{run_id}")
+    page.wait_for_function("() => { const d = document.getElementById('chart-mem'); return d && d.data; }")
+    series = server.get(f"/api/runs/{run_id}/metrics")["series"]
+    loss = graph(page, "chart-loss")
+    step_loss = next(t for t in loss["data"] if t["name"] == "loss per step")
+    assert step_loss["y"] == pytest.approx([p["value"] for p in series["step_loss"]])
+    metric = graph(page, "chart-metric")
+    assert [t["name"] for t in metric["data"]] == [k for k in series if k.startswith("dev_") and k != "dev_loss"]
+    mem = graph(page, "chart-mem")
+    m = finished_run["run"]["memory"]
+    parts = {t["name"]: t["x"][0] for t in mem["data"]}
+    ticks = page.locator("#chart-mem .xaxislayer-above text").all_text_contents()
+    scale = GiB if any("GiB" in t for t in ticks) else MiB
+    assert parts["gradients"] == pytest.approx(m["grad_bytes"] / scale)
+    assert parts["optimizer state"] == pytest.approx(m["optimizer_bytes"] / scale)
+    assert parts["stored activations"] == pytest.approx(m["stored_activation_bytes"] / scale)
+    assert parts["peak activation above stored"] == pytest.approx(
+        max(0, m["peak_activation_bytes"] - m["stored_activation_bytes"]) / scale)
+    expect(page.locator("#run-log")).to_contain_text("epoch 1")
+    expect(page.locator("#fidelity-section")).to_be_hidden()  # the run has no fidelity data: omitted
+
+
+# ------------------------------------------------------------------------------------------------ basics
+def test_form_fields_are_labelled(page, server):
+    page.goto(server.url + "/#/submit")
+    unlabelled = page.evaluate("""() => [...document.querySelectorAll('input, select, textarea')]
+        .filter(e => e.type !== 'hidden' && !(e.id && document.querySelector(`label[for="${e.id}"]`)))
+        .map(e => e.id || e.name || e.outerHTML.slice(0, 60))""")
+    assert unlabelled == []
+
+
+@pytest.mark.parametrize("width", [1280, 420])
+def test_screenshots_and_no_horizontal_overflow(page, server, finished_run, screenshots, width):
+    page.set_viewport_size({"width": width, "height": 800})
+    try:
+        for name, hash_ in [("compare", "#/compare?task=sst2&mem=stored"), ("run-detail", f"#/runs/{finished_run['id']}"),
+                            ("runs", "#/runs"), ("submit", "#/submit")]:
+            page.goto(server.url + "/" + hash_)
+            if name == "compare":
+                wait_scatter(page)
+            elif name == "run-detail":
+                page.wait_for_function("() => { const d = document.getElementById('chart-mem'); return d && d.data; }")
+            elif name == "runs":
+                page.wait_for_selector("#runs-table tbody tr[data-id]")
+            else:
+                page.wait_for_selector("#preflight li")
+            page.evaluate("() => { document.getElementById('flash').hidden = true; }")
+            page.wait_for_timeout(300)  # Plotly's responsive relayout
+            overflow = page.evaluate("() => document.documentElement.scrollWidth - window.innerWidth")
+            assert overflow <= 0, f"{name} at {width}px is {overflow}px wider than the window"
+            page.screenshot(path=str(screenshots / f"{name}-{width}.png"), full_page=True)
+    finally:
+        page.set_viewport_size({"width": 1280, "height": 800})
+
+
+def test_no_console_errors(console):
+    """Runs last: every console error or warning and every uncaught exception of the session so far."""
+    assert console.unexpected() == []
