@@ -23,6 +23,9 @@ class FloatArith:
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return x.to(self.dtype)
 
+    def check(self) -> None:
+        """Float streams have no range limit (non-finite values surface in the loss)."""
+
     def decode(self, s: torch.Tensor) -> torch.Tensor:
         return s
 
@@ -52,16 +55,24 @@ class ExactArith:
         self.dtype = dtype  # the float dtype F and G see
         # |value| must stay below this so that s·p and the sum of two streams fit in int64.
         self.limit = float(2 ** (62 - frac_bits - 12))
+        self._bad: torch.Tensor | None = None
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """float -> fixed point. Deterministic: x·2^k is exact in float, then rounds once."""
+        """float -> fixed point. Deterministic: x·2^k is exact in float, then rounds once.
+
+        Out-of-range values are flagged on the device and checked once per pass (`check`), not synced per call.
+        """
         x = x.detach()
-        if not torch.isfinite(x).all() or x.abs().max() >= self.limit:
+        bad = (~torch.isfinite(x) | (x.abs() >= self.limit)).any()
+        self._bad = bad if self._bad is None else self._bad | bad
+        return (x.double() * self.one).round().to(torch.int64)
+
+    def check(self) -> None:
+        if self._bad is not None and bool(self._bad):
             raise OverflowError(
                 f"exact reversible stream out of range (|x| >= {self.limit:.3g} or not finite); "
-                "use recompute='float' or fewer frac_bits"
+                "use recompute='float'"
             )
-        return (x.double() * self.one).round().to(torch.int64)
 
     def decode(self, s: torch.Tensor) -> torch.Tensor:
         """fixed point -> float (the value F and G see): a deterministic function of the integers."""

@@ -155,6 +155,7 @@ class ReversibleStack(nn.Module):
             del g
             buffers += [buf_l, buf_b]
             state = self._order(y1, y2)
+        ar.check()
         return state, buffers, checkpoints
 
     def _forward_autograd(self, h0, replay, ctx):
@@ -181,6 +182,7 @@ class ReversibleStack(nn.Module):
                 y2f = _Exact.apply(ar.decode(y2), y2f)
             ints = self._order(y1, y2)
             x1f, x2f = self._order(y1f, y2f)
+        ar.check()
         return x1f, x2f
 
     def invert(self, state, buffers, replay: _Replay, ctx: dict, dtype: torch.dtype = torch.float32):
@@ -358,6 +360,7 @@ class _RevFunction(torch.autograd.Function):
         if stack.trace is not None:
             for st in reversed(rebuilt):
                 stack._record("rebuilt", st, ar)
+        ar.check()
         stack.check_reconstruction(*state, ar)
         dh0 = dstate[0] + dstate[1]  # both streams start as h0
         return None, None, None, None, dh0.to(ctx.in_dtype), *egrads, *pgrads

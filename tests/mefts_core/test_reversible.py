@@ -301,3 +301,10 @@ def test_a9_eval_equals_train_without_dropout_and_builds_no_graph(variant):
     assert stack.calls == calls  # no seeding
     assert eval_out.grad_fn is None
     torch.testing.assert_close(eval_out, train_out.detach(), atol=1e-6, rtol=0)
+
+
+def test_exact_mode_refuses_streams_out_of_fixed_point_range():
+    model = meft_model("meft1", layers=2).train()
+    h0 = torch.full((1, 3, 32), 1e9)  # beyond the int64 fixed-point range at 32 fractional bits
+    with pytest.raises(OverflowError, match="out of range"):
+        _stack(model)(h0)
