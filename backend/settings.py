@@ -34,6 +34,10 @@ class Settings(BaseSettings):
     progress_interval_seconds: float = Field(default=1.0, ge=0, description="job progress writes are throttled")
     max_grid: int = Field(default=1000, ge=1, description="largest sweep grid accepted")
     events_poll_seconds: float = Field(default=1.0, gt=0, description="SSE polls the runs table this often")
+    job_memory_limit_bytes: int | None = Field(
+        default=None, ge=1, description="CPU jobs only: address space a job may add after start-up (RLIMIT_AS); "
+        "a job that needs more ends as does_not_fit instead of pushing the machine into swap or the OOM killer",
+    )
     worker_id: str | None = Field(default=None, description="default: <host>:<pid>")
 
     @property

@@ -18,7 +18,7 @@ def duration_seconds(run: Run) -> float | None:
     return max(0.0, (end - run.started_at).total_seconds())
 
 
-def _summary_fields(run: Run, memory: MemoryReportRow | None) -> dict[str, Any]:
+def _summary_fields(run: Run) -> dict[str, Any]:
     return dict(
         id=run.id, name=run.name, sweep_id=run.sweep_id, cloned_from=run.cloned_from, backbone=run.backbone,
         method=run.method, method_label=run.method_label, task=run.task, seed=run.seed, device=run.device,
@@ -28,14 +28,13 @@ def _summary_fields(run: Run, memory: MemoryReportRow | None) -> dict[str, Any]:
         started_at=run.started_at, finished_at=run.finished_at, duration_seconds=duration_seconds(run),
         progress=run.progress or 0.0, step=run.step, total_steps=run.total_steps, epoch=run.epoch, loss=run.loss,
         main_metric=run.main_metric, score=run.score,
-        stored_activation_bytes=memory.stored_activation_bytes if memory else None,
-        peak_bytes=memory.peak_bytes if memory else None,
+        stored_activation_bytes=run.stored_activation_bytes, peak_bytes=run.peak_bytes,
         error=run.error, worker_id=run.worker_id, pid=run.pid, device_used=run.device_used,
     )
 
 
-def run_summary(run: Run, memory: MemoryReportRow | None = None) -> RunSummary:
-    return RunSummary(**_summary_fields(run, memory))
+def run_summary(run: Run) -> RunSummary:
+    return RunSummary(**_summary_fields(run))
 
 
 def memory_out(row: MemoryReportRow | None) -> MemoryReportOut | None:
@@ -52,7 +51,7 @@ def metric_series(points: list[MetricPoint]) -> dict[str, list[MetricPointOut]]:
 
 
 def run_detail(run: Run, memory: MemoryReportRow | None, points: list[MetricPoint]) -> RunDetail:
-    base = _summary_fields(run, memory)
+    base = _summary_fields(run)
     return RunDetail(
         **base, config=run.config, result=run.result, log_tail=run.log_tail or "", traceback=run.traceback,
         git_revision=run.git_revision, versions=run.versions, trainable_params=run.trainable_params,

@@ -118,6 +118,10 @@ class Run(Base):
     score: Mapped[float | None] = mapped_column(Float, index=True)  # main metric (test if present, else dev)
     trainable_params: Mapped[int | None] = mapped_column(BigInteger)
     total_params: Mapped[int | None] = mapped_column(BigInteger)
+    # The newest memory report's headline numbers, copied here so lists sort and show them without a join.
+    stored_activation_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    peak_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    peak_activation_bytes: Mapped[int | None] = mapped_column(BigInteger)
     git_revision: Mapped[str | None] = mapped_column(String(64))
     versions: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     device_used: Mapped[str | None] = mapped_column(String(200))

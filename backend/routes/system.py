@@ -56,7 +56,7 @@ def catalog(settings: SettingsDep) -> dict[str, Any]:
         "hyperparameters": hyper,
         "devices": ["auto", "cpu", "cuda", "cuda:N"],
         "statuses": [s.value for s in RunStatus],
-        "sortable": list(crud.SORTABLE_RUN_COLUMNS + crud.SORTABLE_MEMORY_COLUMNS),
+        "sortable": list(crud.SORTABLE_RUN_COLUMNS),
         "max_grid": settings.max_grid,
     }
 

@@ -141,7 +141,7 @@ class Dispatcher:
 
     # ------------------------------------------------------------------------------------------------ driving it
     def run(self, *, burst: bool = False, max_jobs: int | None = None) -> None:
-        """Loop until stop() (or, with `burst`, until the queue is empty and no job runs; `max_jobs` caps starts)."""
+        """Loop until stop(); with `burst`, until no job runs and nothing is left to claim; `max_jobs` caps starts."""
         log.info("worker %s: %d %s slot(s), %d thread(s) each", self.worker_id, len(self.executor.slots),
                  self.executor.slot_kind, self.executor.slots[0].threads)
         delay = self.settings.poll_seconds
@@ -157,9 +157,7 @@ class Dispatcher:
                 if max_jobs is not None and total >= max_jobs and not self.jobs:
                     break
                 if burst and not self.jobs and started == 0:
-                    with session_scope(self.factory) as s:
-                        if crud.status_counts(session=s)[RunStatus.queued] == 0:
-                            break
+                    break  # nothing running and nothing this worker can claim
                 busy = bool(self.jobs) or started > 0
                 delay = self.settings.poll_seconds if busy else min(delay * 1.5, self.settings.max_idle_poll_seconds)
                 self.wake_event.wait(delay)

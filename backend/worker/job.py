@@ -53,12 +53,25 @@ def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
+# How allocation failures read: CUDA's "out of memory"; torch's CPU allocator's "can't allocate memory".
+OOM_MESSAGES = ("out of memory", "can't allocate memory", "cannot allocate memory")
+
+
 def is_out_of_memory(exc: BaseException) -> bool:
     import torch
 
     if isinstance(exc, torch.OutOfMemoryError | MemoryError):
         return True
-    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+    return isinstance(exc, RuntimeError) and any(m in str(exc).lower() for m in OOM_MESSAGES)
+
+
+def limit_address_space(extra_bytes: int) -> int:
+    """Let this process map at most `extra_bytes` more than it has now (RLIMIT_AS). Returns the new limit."""
+    with open("/proc/self/status") as fh:
+        vm = next(int(line.split()[1]) * 1024 for line in fh if line.startswith("VmSize:"))
+    limit = vm + extra_bytes
+    resource.setrlimit(resource.RLIMIT_AS, (limit, resource.getrlimit(resource.RLIMIT_AS)[1]))
+    return limit
 
 
 def memory_reached(device: str | None) -> tuple[int, str]:
@@ -183,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run_id", type=int)
     parser.add_argument("--attempt", type=int, required=True)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--slot", default="cpu:0", help="the worker's slot: cpu:N or gpu:N")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -214,6 +228,10 @@ def main(argv: list[str] | None = None) -> int:
         daemon=True, name="lease",
     ).start()
 
+    if settings.job_memory_limit_bytes and args.slot.startswith("cpu"):
+        # CPU jobs only: CUDA maps far more address space than it uses. Set after the imports above.
+        limit = limit_address_space(settings.job_memory_limit_bytes)
+        log.info("address space limited to %.2f GiB", limit / 2**30)
     cb = DBCallback(factory, run_id, attempt, settings.progress_interval_seconds)
     logging.getLogger().addHandler(LogToCallback(cb))
     config = None

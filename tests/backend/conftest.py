@@ -87,15 +87,16 @@ def _free_port() -> int:
 class Server:
     """`python -m backend.cli serve` on 127.0.0.1 with an embedded worker, in its own process group."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, env: dict[str, str] | None = None) -> None:
         self.data_dir = data_dir
+        self.extra_env = env or {}
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
         self.http = httpx.Client(base_url=self.url, timeout=30)
 
     def start(self) -> Server:
-        env = {**os.environ, **FAST_ENV, "PYTHONPATH": str(REPO)}
+        env = {**os.environ, **FAST_ENV, **self.extra_env, "PYTHONPATH": str(REPO)}
         env.pop("DATABASE_URL", None)
         log = open(self.data_dir / f"server-{self.port}.log", "a")
         self.proc = subprocess.Popen(
@@ -156,8 +157,8 @@ def make_server(tmp_path):
     """Start servers on one data directory (a restart is a second start); all are stopped at the end."""
     servers: list[Server] = []
 
-    def start() -> Server:
-        server = Server(tmp_path).start()
+    def start(env: dict[str, str] | None = None) -> Server:
+        server = Server(tmp_path, env).start()
         servers.append(server)
         return server
 

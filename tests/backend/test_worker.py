@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import signal
+import threading
 import time
+
+import httpx
 
 from .conftest import LONG, TINY, pid_alive, wait_for
 
-MEDIUM = {**TINY, "hyperparameters": {**TINY["hyperparameters"], "epochs": 8, "max_train_samples": 128,
+MEDIUM = {**TINY, "hyperparameters": {**TINY["hyperparameters"], "epochs": 6, "max_train_samples": 128,
                                       "patience": 1000}}
 
 
@@ -34,8 +38,26 @@ def _running_with_progress(server, run_id: int, min_step: int = 1):
     return None
 
 
+def _collect_events(url: str, events: list[dict], stop: threading.Event) -> None:
+    """Read the SSE stream into `events` until a run succeeds or `stop` is set."""
+    with httpx.Client(base_url=url, timeout=httpx.Timeout(10, read=120)) as c, c.stream("GET", "/api/events") as r:
+        assert r.headers["content-type"].startswith("text/event-stream")
+        for line in r.iter_lines():
+            if line.startswith("data: "):
+                events.append(json.loads(line[6:]))
+                if events[-1]["status"] == "succeeded":
+                    return
+            if stop.is_set():
+                return
+
+
 def test_tiny_run_queued_running_succeeded_with_metrics_memory_and_exports(make_server):
     server = make_server()
+    events: list[dict] = []
+    stop = threading.Event()
+    reader = threading.Thread(target=_collect_events, args=(server.url, events, stop), daemon=True)
+    reader.start()
+    time.sleep(0.5)  # the stream is open before the run exists
     r = server.http.post("/api/runs", json=TINY)
     assert r.status_code == 201
     rid = r.json()["id"]
@@ -59,6 +81,15 @@ def test_tiny_run_queued_running_succeeded_with_metrics_memory_and_exports(make_
     assert len(series["step_loss"]) == run["total_steps"] == 4
     assert [p["epoch"] for p in series["dev_accuracy"]] == [1]
     assert "epoch 1" in run["log_tail"]
+
+    # the live stream told the same story (states between two polls of the stream may merge into one event)
+    reader.join(15)
+    stop.set()
+    assert [e["id"] for e in events] == [rid] * len(events)
+    statuses = [e["status"] for e in events]
+    assert "running" in statuses and statuses[-1] == "succeeded", statuses
+    progress = [e["progress"] for e in events]
+    assert progress == sorted(progress) and progress[-1] == 1.0
 
     # every export carries the run, its final metrics and its memory
     runs_csv = list(csv.DictReader(io.StringIO(server.http.get("/api/runs.csv").text)))
@@ -91,9 +122,8 @@ def test_cancel_kills_the_running_job(make_server):
     run = server.wait_status(rid, {"cancelled", "succeeded", "failed"}, 30)
     assert run["status"] == "cancelled" and run["attempts"] == 1
     wait_for(lambda: not pid_alive(pid), 10, 0.1, f"pid {pid} to be gone")
-    # the queue moves on: the next run gets the slot
-    nxt = server.http.post("/api/runs", json=TINY).json()["id"]
-    assert server.wait_status(nxt, {"succeeded", "failed"}, 90)["status"] == "succeeded"
+    # the slot is free again
+    wait_for(lambda: server.http.get("/api/system").json()["workers"][0]["busy"] == 0, 10, 0.2, "a free slot")
 
 
 def test_sigkilled_job_is_retried_and_succeeds(make_server):
@@ -112,24 +142,22 @@ def test_sigkilled_job_is_retried_and_succeeds(make_server):
 
 def test_server_killed_mid_run_loses_nothing(make_server):
     server = make_server()
-    done = server.http.post("/api/runs", json=TINY).json()["id"]
-    assert server.wait_status(done, {"succeeded", "failed"}, 90)["status"] == "succeeded"
-    before = server.run(done)
     rid = server.http.post("/api/runs", json=MEDIUM).json()["id"]
-    queued = server.http.post("/api/runs", json=TINY).json()["id"]
+    queued = server.http.post("/api/runs", json=TINY).json()
     run = wait_for(lambda: _running_with_progress(server, rid, 2), 60, 0.05, "the run to make progress")
     steps_before = run["step"]
     server.kill()  # SIGKILL: no shutdown code runs
 
     server = make_server()  # a restart on the same data directory
-    assert server.run(done) == before  # finished data is intact
+    after = server.run(queued["id"])
+    assert after["config"] == queued["config"] and after["status"] in ("queued", "running")
     run = server.wait_status(rid, {"succeeded", "failed"}, 120)
     assert run["status"] == "succeeded", run["error"]
     assert run["attempts"] == 1  # the job outlived the server, kept its lease alive and finished the run
     assert run["total_steps"] > steps_before
-    series = server.http.get(f"/api/runs/{rid}/metrics", params={"attempt": 1}).json()["series"]
-    assert len(series["step_loss"]) >= steps_before  # what attempt 1 wrote before the kill is still there
-    assert server.wait_status(queued, {"succeeded", "failed"}, 90)["status"] == "succeeded"
+    series = server.http.get(f"/api/runs/{rid}/metrics").json()["series"]
+    assert len(series["step_loss"]) == run["total_steps"]  # nothing written before (or after) the kill is lost
+    assert run["memory"]["peak_bytes"] > 0
 
 
 def test_job_and_server_killed_run_is_requeued_after_the_lease_expires(make_server):
@@ -146,3 +174,16 @@ def test_job_and_server_killed_run_is_requeued_after_the_lease_expires(make_serv
     assert run["attempts"] == 2
     first = server.http.get(f"/api/runs/{rid}/metrics", params={"attempt": 1}).json()["series"]
     assert len(first["step_loss"]) >= 1
+
+
+def test_out_of_memory_is_stored_as_does_not_fit_and_not_retried(make_server):
+    # Jobs may add 400 MB of address space: bert-base's weights and AdamW state need far more.
+    server = make_server({"MEFTS_JOB_MEMORY_LIMIT_BYTES": str(400 * 2**20)})
+    body = {**TINY, "backbone": "bert-base"}
+    rid = server.http.post("/api/runs", json=body).json()["id"]
+    run = server.wait_status(rid, {"succeeded", "failed", "does_not_fit", "cancelled"}, 90)
+    assert run["status"] == "does_not_fit", (run["error"], run["traceback"])
+    assert run["error"].startswith("does not fit at batch 8, seq 32"), run["error"]
+    assert run["attempts"] == 1
+    assert run["result"]["memory_reached_bytes"] > 100 * 2**20
+    assert "GiB" in run["error"]

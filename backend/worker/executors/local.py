@@ -114,7 +114,7 @@ class LocalExecutor:
             fh.flush()
             process = subprocess.Popen(
                 [sys.executable, "-m", "backend.worker.job", str(run_id), "--attempt", str(attempt),
-                 "--threads", str(slot.threads)],
+                 "--threads", str(slot.threads), "--slot", slot.name],
                 stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=str(REPO_ROOT),
                 start_new_session=True,  # its own process group: killpg reaches every child it starts
             )
