@@ -112,8 +112,17 @@
     const opts = () => ({ task: $("cmp-task").value, mem: $("cmp-mem").value, log: $("cmp-log").checked,
       select: $("cmp-select").value });
 
+    let pending = null;  // a results request started before the catalog arrived
+    function prefetch(select) {
+      const request = Api.get("/api/results", { select });
+      request.catch(() => {});  // handled where it is awaited; this keeps an early failure from being "uncaught"
+      pending = { select, request };
+    }
+
     async function load(select) {
-      const data = await Api.get("/api/results", { select });
+      const early = pending && pending.select === select ? pending.request : null;
+      pending = null;
+      const data = await (early || Api.get("/api/results", { select }));
       state.compare = { rows: data.rows, select, stale: false };
     }
 
@@ -159,6 +168,7 @@
       const { shown, hidden } = await Charts.scatter(scatterDiv, rows, { memKey: o.mem, log: o.log,
         onPoint: (ids) => ids.length && navigate(`#/runs/${ids[0]}`) });
       scatterDiv.dataset.rendered = String(shown);
+      performance.mark("mefts:scatter");  // read by bench/page_load.py
       $("scatter-note").textContent = `${shown} point${shown === 1 ? "" : "s"} on ${o.task}` +
         (hidden ? `; ${hidden} without a ${Charts.MEMORY[o.mem].label.toLowerCase()} measurement or score not shown` : "") +
         ". Click a point to open its run.";
@@ -203,7 +213,7 @@
       if (state.view === "compare") await show(parseHash().params);
     }), 800);
 
-    return { show, init, refresh };
+    return { show, init, refresh, prefetch };
   })();
 
   // ================================================================================================ Runs
@@ -330,6 +340,7 @@
         : [el("tr", {}, el("td", { colspan: COLS.length, class: "empty" }, "No runs match. ", el("a", { href: "#/submit" }, "Submit one")))];
       table.replaceChildren(header(), el("tbody", {}, body));
       table.dataset.loaded = String(page.items.length);
+      performance.mark("mefts:runs-table");  // read by bench/page_load.py
       const from = page.total ? page.offset + 1 : 0;
       $("page-info").textContent = `${from}–${page.offset + page.items.length} of ${page.total}`;
       $("page-prev").disabled = page.offset === 0;
@@ -956,6 +967,11 @@
   }
 
   async function start() {
+    // Start fetching Plotly at once when the first view draws charts; otherwise once the first view is up.
+    const { parts, params } = parseHash();
+    const charted = parts[0] !== "submit" && !(parts[0] === "runs" && !parts[1]);
+    if (charted) Charts.ready().catch(() => {});
+    if (parts[0] === "compare") Compare.prefetch(params.get("select") || "best");
     const [catalog, system] = await Promise.all([Api.get("/api/catalog"), Api.get("/api/system").catch(() => null)]);
     state.catalog = catalog;
     state.system = system;
@@ -969,6 +985,7 @@
     });
     window.addEventListener("hashchange", route);
     await route();
+    if (!charted) (window.requestIdleCallback || setTimeout)(() => Charts.ready().catch(() => {}));
   }
 
   guard(start)();

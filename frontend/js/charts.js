@@ -4,14 +4,24 @@
 "use strict";
 
 const Charts = (() => {
-  /** Resolves with Plotly once /static/plotly.min.js (loaded async, so tables need not wait for it) has run. */
-  const ready = new Promise((resolve, reject) => {
-    if (window.Plotly) { resolve(window.Plotly); return; }
-    const el = document.getElementById("plotly-js");
-    if (!el) { reject(new Error("no plotly script tag")); return; }
-    el.addEventListener("load", () => (window.Plotly ? resolve(window.Plotly) : reject(new Error("no Plotly"))));
-    el.addEventListener("error", () => reject(new Error("/static/plotly.min.js did not load")));
-  });
+  /** Plotly.js, loaded on first use from /static/plotly.min.js (4.8 MB, served from the installed plotly package):
+      views without charts never wait for it. Resolves with window.Plotly. */
+  let loading = null;
+  function ready() {
+    if (window.Plotly) return Promise.resolve(window.Plotly);
+    if (!loading) {
+      loading = new Promise((resolve, reject) => {
+        const script = document.createElement("script");
+        script.id = "plotly-js";
+        script.src = "/static/plotly.min.js";
+        script.async = true;
+        script.addEventListener("load", () => (window.Plotly ? resolve(window.Plotly) : reject(new Error("no Plotly"))));
+        script.addEventListener("error", () => { loading = null; reject(new Error("/static/plotly.min.js did not load")); });
+        document.head.append(script);
+      });
+    }
+    return loading;
+  }
 
   const CONFIG = { displaylogo: false, responsive: true, modeBarButtonsToRemove: ["lasso2d", "select2d"] };
   const FONT = { family: "system-ui, -apple-system, 'Segoe UI', Roboto, sans-serif", size: 12, color: "#1f2933" };
@@ -74,7 +84,7 @@ const Charts = (() => {
   /** Scatter of score against memory, one point per results row (mean over seeds, error bars = std).
       Colour = method label, symbol = backbone, dashed step line = Pareto front. Returns {shown, hidden}. */
   async function scatter(div, rows, { memKey = "stored", log = false, onPoint } = {}) {
-    const Plotly = await ready;
+    const Plotly = await ready();
     const m = MEMORY[memKey];
     const usable = rows.filter((r) => r.score_mean !== null && r[m.mean] !== null && r[m.mean] > 0);
     const hidden = rows.length - usable.length;
@@ -190,7 +200,7 @@ const Charts = (() => {
 
   // ------------------------------------------------------------------------------------------------ run detail
   async function lossCurves(div, series) {
-    const Plotly = await ready;
+    const Plotly = await ready();
     const traces = [];
     const add = (name, key, mode, extra = {}) => {
       const s = series[key];
@@ -206,7 +216,7 @@ const Charts = (() => {
   }
 
   async function metricCurves(div, series) {
-    const Plotly = await ready;
+    const Plotly = await ready();
     const keys = Object.keys(series).filter((k) => (k.startsWith("dev_") || k.startsWith("test_")) && !k.endsWith("_loss"));
     const traces = keys.map((k) => ({ type: "scatter", mode: "lines+markers", name: k,
       x: series[k].map((p) => p.epoch), y: series[k].map((p) => p.value) }));
@@ -237,7 +247,7 @@ const Charts = (() => {
   }
 
   async function memoryBar(div, mem) {
-    const Plotly = await ready;
+    const Plotly = await ready();
     const parts = memoryParts(mem).filter(([, v]) => v !== null);
     const total = parts.reduce((s, [, v]) => s + v, 0);
     const { div: scale, unit } = Api.byteUnit(Math.max(total, mem.peak_bytes || 0));
@@ -259,7 +269,7 @@ const Charts = (() => {
   }
 
   async function fidelity(div, rows) {
-    const Plotly = await ready;
+    const Plotly = await ready();
     const x = rows.map((r) => `layer ${r.layer}`);
     const traces = [
       { type: "bar", name: "gradient cosine (reversible vs autograd)", x, y: rows.map((r) => r.cosine), marker: { color: "#2f80ed" } },
@@ -272,7 +282,7 @@ const Charts = (() => {
   }
 
   async function resize(root) {
-    const Plotly = await ready;
+    const Plotly = await ready();
     root.querySelectorAll(".js-plotly-plot").forEach((el) => Plotly.Plots.resize(el));
   }
 
