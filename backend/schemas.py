@@ -156,7 +156,10 @@ class RunList(BaseModel):
     limit: int
     offset: int
     items: list[RunSummary]
-    server_time: Timestamp = Field(description="pass as updated_since to get only later changes")
+    server_time: Timestamp = Field(
+        description="when the answer was read: pass it as updated_since to get only later changes (rows are stamped "
+        "just before they commit, so pass a second or two less and de-duplicate by id to never miss one)"
+    )
 
 
 class MetricPointOut(BaseModel):

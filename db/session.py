@@ -15,6 +15,7 @@ from pathlib import Path
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import NullPool
 
 log = logging.getLogger(__name__)
 
@@ -103,16 +104,30 @@ def _migration_lock(url: str) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+def _current_revision(url: str) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
+    engine = make_engine(url, poolclass=NullPool)
+    try:
+        with engine.connect() as conn:
+            return MigrationContext.configure(conn).get_current_revision()
+    finally:
+        engine.dispose()
+
+
 def upgrade_database(url: str) -> None:
     """Bring the schema at `url` to the newest Alembic revision."""
+    # Alembic logs its plugins and context at INFO on every start-up; say only what changed.
+    for name in ("alembic.runtime.plugins", "alembic.runtime.migration"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     from alembic import command
 
-    alembic_log = logging.getLogger("alembic")
-    level = alembic_log.level
-    alembic_log.setLevel(max(level, logging.WARNING))  # its INFO lines say nothing on every start-up
-    try:
-        with _migration_lock(url):
-            command.upgrade(alembic_config(url), "head")
-    finally:
-        alembic_log.setLevel(level)
-    log.info("database at %s is at head", make_url(url).render_as_string(hide_password=True))
+    with _migration_lock(url):
+        before = _current_revision(url)
+        command.upgrade(alembic_config(url), "head")
+        after = _current_revision(url)
+    where = make_url(url).render_as_string(hide_password=True)
+    if before != after:
+        log.info("database at %s migrated from %s to %s", where, before or "empty", after)
+    else:
+        log.info("database at %s is at %s", where, after)

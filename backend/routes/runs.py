@@ -14,7 +14,7 @@ from backend.schemas import MetricSeries, RunCreate, RunDetail, RunEdits, RunLis
 from backend.settings import Settings
 from backend.views import metric_series, run_detail, run_summary
 from db import crud
-from db.models import Run, utcnow
+from db.models import Run, RunStatus, utcnow
 
 router = APIRouter(prefix="/runs", tags=["runs"])
 
@@ -88,6 +88,13 @@ class RunFilters:
         updated_since: Annotated[str | None, Query(description="ISO time; only runs changed after it")] = None,
     ) -> None:
         self.status = _split(status)
+        bad = [v for v in self.status or [] if v not in {s.value for s in RunStatus}]
+        if bad:
+            raise HTTPException(
+                status_code=422,
+                detail=[{"type": "value_error", "loc": ["query", "status"], "input": bad[0],
+                         "msg": f"status={bad[0]!r}: unknown status; valid: {', '.join(s.value for s in RunStatus)}"}],
+            )
         self.method = _split(method)
         self.backbone = _split(backbone)
         self.task = _split(task)

@@ -25,6 +25,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from backend.settings import Settings
 from db import crud
 from db.models import RunStatus
 from db.session import make_engine, make_sessionmaker, session_scope
@@ -200,8 +201,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    from backend.settings import Settings
-
     settings = Settings()
     engine = make_engine(settings.db_url)
     factory = make_sessionmaker(engine)
@@ -240,9 +239,10 @@ def main(argv: list[str] | None = None) -> int:
             config_dict["threads"] = args.threads
         config = TrainConfig.from_dict(config_dict)
         result = run_training(config, [cb]).to_dict()
-    except BaseException as exc:  # every outcome is data: stored with the traceback, never a crash of the worker
-        if isinstance(exc, KeyboardInterrupt | SystemExit):
-            raise
+    except Exception as exc:  # every outcome is data: stored with the traceback, never a crash of the worker
+        soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+        if soft != hard:
+            resource.setrlimit(resource.RLIMIT_AS, (hard, hard))  # room to record the verdict
         stop.set()
         cb.flush()
         tb = traceback.format_exc()

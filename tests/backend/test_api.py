@@ -88,6 +88,8 @@ def test_list_filters_sorts_paginates_and_polls(client):
     assert [x["seed"] for x in r.json()["items"]] == [3, 0]
     bad = client.get("/api/runs", params={"sort": "nonsense"})
     assert bad.status_code == 422 and "nonsense" in bad.text
+    bad = client.get("/api/runs", params={"status": "queued,finished"})
+    assert bad.status_code == 422 and "'finished'" in bad.text
     # polling: nothing changed since the last answer, then exactly the cancelled run
     since = client.get("/api/runs").json()["server_time"]
     assert client.get("/api/runs", params={"updated_since": since}).json()["total"] == 0
