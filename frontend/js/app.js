@@ -753,8 +753,9 @@
       $("f-backbone").replaceChildren(...c.backbones.map((b) => opt(b.name, `${b.name} — ${b.description}`, b.name === defBackbone)));
       $("f-method").replaceChildren(...Object.keys(c.methods).map((m) => opt(m, m, m === defMethod)));
       $("f-task").replaceChildren(...c.tasks.map((t) => opt(t.name, `${t.name} — ${t.description || ""}${t.offline_data === false ? " (needs hub or local data)" : ""}`, t.name === defTask)));
-      const checks = (box, prefix, items, def) => box.append(...items.map(([v, text]) => el("div", { class: "check" },
-        el("input", { type: "checkbox", id: `${prefix}-${v}`, value: v, checked: v === def }), el("label", { for: `${prefix}-${v}` }, text))));
+      const checks = (box, prefix, items, def) => box.replaceChildren(box.querySelector("legend"), ...items.map(([v, text]) =>
+        el("div", { class: "check" }, el("input", { type: "checkbox", id: `${prefix}-${v}`, value: v, checked: v === def }),
+          el("label", { for: `${prefix}-${v}` }, text))));
       checks($("f-methods"), "sw-method", Object.keys(c.methods).map((m) => [m, m]), defMethod);
       checks($("f-backbones"), "sw-backbone", c.backbones.map((b) => [b.name, b.name]), defBackbone);
       checks($("f-tasks"), "sw-task", c.tasks.map((t) => [t.name, t.name]), defTask);

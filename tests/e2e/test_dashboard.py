@@ -271,6 +271,51 @@ def test_queued_reason_cancel_retry_clone(page, server):
         assert server.post(f"/api/runs/{rid}/cancel").status_code == 200
 
 
+def test_sweep_grid_from_form(page, server):
+    """Methods × seeds × a list of learning rates, queued for a GPU this machine lacks, so nothing runs."""
+    page.goto(server.url + "/#/submit")
+    page.click("#reset-btn")
+    page.check("#mode-sweep")
+    page.check("#sw-method-lora")
+    page.check("#sw-method-bitfit")
+    page.uncheck("#sw-method-meft1")
+    page.fill("#f-seeds", "1, 2")
+    page.fill("#hp-learning_rate", "1e-4, 3e-4")
+    page.fill("#hp-epochs", "1")
+    page.fill("#mo-lora-r", "4")
+    page.select_option("#f-device", "cuda")
+    expect(page.locator("#grid-size")).to_have_text("Grid: 8 runs.")
+    expect(page.locator("#mo-lora")).to_be_visible()
+    expect(page.locator("#mo-meft1")).to_be_hidden()
+    page.click("#submit-btn")
+    expect(page.locator("#flash")).to_contain_text("runs.")
+    sweep_id = int(re.search(r"Queued sweep #(\d+): 8 runs", page.inner_text("#flash")).group(1))
+    expect(page.locator("#runs-table tbody tr[data-id]")).to_have_count(8)  # the runs view, filtered to the sweep
+    runs = server.get("/api/runs", sweep=sweep_id, limit=100)["items"]
+    assert sorted((r["method_label"], r["seed"], r["learning_rate"]) for r in runs) == sorted(
+        (label, seed, lr) for label in ("lora(r=4)", "bitfit") for seed in (1, 2) for lr in (1e-4, 3e-4))
+    assert server.post(f"/api/sweeps/{sweep_id}/cancel").status_code == 200
+
+
+def test_runs_sort_filter_and_paging(page, server):
+    page.goto(server.url + "/#/runs?limit=25")
+    page.click('#runs-table button[data-sort="score"]')
+    expect(page.locator('#runs-table th[aria-sort="ascending"]')).to_contain_text("Score")
+    assert "sort=score" in page.url
+    api = server.get("/api/runs", sort="score", limit=25)["items"]
+    expect(page.locator("#runs-table tbody tr[data-id]").first).to_have_attribute("data-id", str(api[0]["id"]))
+    page.click('#runs-table button[data-sort="score"]')  # again: descending
+    api = server.get("/api/runs", sort="-score", limit=25, offset=25)["items"]
+    page.click("#page-next")
+    expect(page.locator("#runs-table tbody tr[data-id]").first).to_have_attribute("data-id", str(api[0]["id"]))
+    ids = [int(i) for i in page.locator("#runs-table tbody tr[data-id]").evaluate_all("rs => rs.map(r => r.dataset.id)")]
+    assert ids == [r["id"] for r in api]
+    page.select_option("#flt-backbone", "roberta-large")
+    expect(page.locator("#page-info")).to_contain_text(f"of {server.get('/api/runs', backbone='roberta-large')['total']}")
+    assert "offset=0" in page.url  # a new filter starts at the first page
+    assert set(page.locator('#runs-table td[data-col="backbone"]').all_inner_texts()) == {"roberta-large"}
+
+
 def test_does_not_fit_and_failure_reasons(page, server):
     page.goto(server.url + "/#/runs?status=does_not_fit")
     row = page.locator(f'#runs-table tr[data-id="{server.seeded["does_not_fit"]}"]')
