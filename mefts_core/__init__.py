@@ -1,6 +1,23 @@
-"""mefts_core: the reversible MEFT engine, the baselines, tasks, training and honest memory measurement."""
+"""mefts_core: the reversible MEFT engine, the baselines, tasks, training and honest memory measurement.
+
+The stable public API: apply_method, vanilla_backward, measure_step (MemoryReport), gradient_fidelity,
+load_backbone (BACKBONES), method_options (METHODS).
+"""
 
 from mefts_core.backbones import BACKBONES, load_backbone
 from mefts_core.config import METHODS, method_options
+from mefts_core.diagnostics import gradient_fidelity, vanilla_backward
+from mefts_core.memory import MemoryReport, measure_step
+from mefts_core.methods import apply_method
 
-__all__ = ["BACKBONES", "METHODS", "load_backbone", "method_options"]
+__all__ = [
+    "BACKBONES",
+    "METHODS",
+    "MemoryReport",
+    "apply_method",
+    "gradient_fidelity",
+    "load_backbone",
+    "measure_step",
+    "method_options",
+    "vanilla_backward",
+]
