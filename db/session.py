@@ -12,7 +12,7 @@ import logging
 from collections.abc import Iterator
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import NullPool
@@ -87,9 +87,31 @@ def alembic_config(url: str):
     return cfg
 
 
+# pg_advisory_lock key of `upgrade head` (any constant the application uses for nothing else).
+MIGRATION_LOCK_KEY = 0x6D65_6674_73  # "mefts"
+
+
 @contextlib.contextmanager
 def _migration_lock(url: str) -> Iterator[None]:
-    """Serialise `upgrade head` across processes that share a SQLite file (server and worker starting together)."""
+    """Serialise `upgrade head` across processes that share a database (server and workers starting together).
+
+    SQLite: a file lock next to the database. PostgreSQL: a session advisory lock held on its own connection, which
+    PostgreSQL releases by itself if this process dies.
+    """
+    if make_url(url).get_backend_name() == "postgresql":
+        engine = make_engine(url, poolclass=NullPool)
+        try:
+            with engine.connect() as conn:
+                conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": MIGRATION_LOCK_KEY})
+                conn.commit()
+                try:
+                    yield
+                finally:
+                    conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": MIGRATION_LOCK_KEY})
+                    conn.commit()
+        finally:
+            engine.dispose()
+        return
     db_file = make_url(url).database if is_sqlite(url) else None
     if not db_file or db_file == ":memory:":
         yield

@@ -12,6 +12,9 @@ import torch  # noqa: E402
 
 torch.set_num_threads(1)
 
+# `postgres_server` and `pg_url`: a throw-away PostgreSQL server for the tests that run on it.
+pytest_plugins = ["tests.postgres"]
+
 
 def pytest_collection_modifyitems(config, items):
     if not torch.cuda.is_available():

@@ -66,8 +66,20 @@ def pid_alive(pid: int) -> bool:
         return False
 
 
+# A module runs its tests on both databases with `pytestmark = pytest.mark.parametrize("db_backend", DATABASES,
+# indirect=True)`; elsewhere `settings` is on SQLite.
+DATABASES = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+
+
 @pytest.fixture
-def settings(tmp_path) -> Settings:
+def db_backend(request) -> str:
+    return getattr(request, "param", "sqlite")
+
+
+@pytest.fixture
+def settings(request, tmp_path, db_backend) -> Settings:
+    if db_backend == "postgresql":
+        return Settings(data_dir=tmp_path, database_url=request.getfixturevalue("pg_url"))
     return Settings(data_dir=tmp_path, database_url=f"sqlite:///{tmp_path / 'mefts.db'}")
 
 

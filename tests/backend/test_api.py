@@ -12,7 +12,9 @@ from db import crud
 from db.models import RunStatus
 from db.session import session_scope
 
-from .conftest import TINY
+from .conftest import DATABASES, TINY
+
+pytestmark = pytest.mark.parametrize("db_backend", DATABASES, indirect=True)  # SQLite and PostgreSQL
 
 
 def _total(client) -> int:

@@ -2,10 +2,16 @@ import pytest
 
 from db.session import make_engine, make_sessionmaker, upgrade_database
 
+# Every store test runs on SQLite and on PostgreSQL (a database of its own on the session's server).
+DATABASES = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
 
-@pytest.fixture
-def db_url(tmp_path):
-    url = f"sqlite:///{tmp_path / 'mefts.db'}"
+
+@pytest.fixture(params=DATABASES)
+def db_url(request, tmp_path):
+    if request.param == "postgresql":
+        url = request.getfixturevalue("pg_url")
+    else:
+        url = f"sqlite:///{tmp_path / 'mefts.db'}"
     upgrade_database(url)
     return url
 
