@@ -39,6 +39,13 @@ class Settings(BaseSettings):
         "a job that needs more ends as does_not_fit instead of pushing the machine into swap or the OOM killer",
     )
     worker_id: str | None = Field(default=None, description="default: <host>:<pid>")
+    # Scale-out (README "Running on a cluster").
+    host: str | None = Field(default=None, description="this worker's machine name in the queue (default: the "
+                             "host name); workers with the same name share the machine's slots")
+    ray_address: str | None = Field(default=None, validation_alias=AliasChoices("RAY_ADDRESS", "MEFTS_RAY_ADDRESS"),
+                                    description="EXECUTOR=ray: the cluster to join (default: start a local Ray)")
+    ray_cpus_per_job: float = Field(default=1, gt=0, description="EXECUTOR=ray: num_cpus a CPU run asks for")
+    ray_gpus_per_job: float = Field(default=1, gt=0, description="EXECUTOR=ray: num_gpus a GPU run asks for")
 
     @property
     def db_url(self) -> str:
