@@ -1,0 +1,494 @@
+"""Pre-flight memory estimate of one training step, and the fit that turns measured points into budgets.
+
+`estimate_memory(backbone, method, batch_size, seq_len, layers, options)` predicts what `memory.measure_step` will
+measure, before anything is allocated:
+
+    peak = params + buffers + batch + grads + optimizer state + max(activation peak, optimizer-step transient)
+
+Parameters are counted exactly on a meta-device copy of the prepared model (no memory). Activations are counted
+analytically from the config (d = hidden, I = intermediate, h = heads, L = layers, V = vocab) by walking one layer
+the way autograd does: an op saves a tensor for backward only when the gradient it feeds is needed (a linear saves
+its input when its weight trains; a matmul saves each operand when the other one needs a gradient; softmax saves
+its output; dropout its mask; GELU and LayerNorm their inputs, LayerNorm also mean and rstd). With n = B·T tokens,
+A = B·h·T² attention scores, e the element size and m the dropout-mask element size (CPU: e; CUDA: 1, a bool), a
+fully trained BERT layer with the CPU's attention (SDPA's math path, which materialises the scores) saves
+
+    n·d·(6e + 2m) [q, k, v and context copies, residual sums, LayerNorm outputs; two hidden-dropout masks]
+    + 2·n·I·e     [GELU input and output]     + A·(2e + m) [softmax output, dropout mask, dropped probabilities]
+    + 4·n·4       [two LayerNorms' mean and rstd]
+
+and a frozen one with LoRA on q and v saves less (no weight grads: linear inputs drop out, except where LoRA reads
+them). On CUDA, SDPA's fused kernels save q, k, v, the output and a log-sum-exp instead of the A-sized tensors.
+
+The activation peak is the stored activations plus the largest transient of backward:
+- plain autograd: the top layer's FFN backward (dL/dGELU-out and dL/dGELU-in alive together, 2·n·I·e, plus a few
+  n·d grads) or its attention backward (2·A·e); full FT also has the dense word-embedding gradient (V·d·e) at the end;
+- gradient checkpointing: the layer inputs, plus one layer recomputed with everything it saves, plus its transient;
+- MEFT: the top state (two n·d streams; int64 in exact mode) and exact mode's remainder buffers (one per scaled
+  stream per layer, 4 bits per element for λ = 1/10), plus, inside the reversible backward, the current state, the
+  stream gradients and one piece (attention or FFN sub-block) recomputed with its own transient.
+The optimizer step adds AdamW's temporaries (CPU: per tensor, twice the largest trainable tensor; CUDA foreach: one
+copy of all trainable parameters). Every term is a tensor that exists; none is fitted. Families other than
+BERT/RoBERTa raise NotImplementedError until their layer walk is written.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+_ELEMENT = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+
+# ------------------------------------------------------------------------------------------------ shapes
+
+
+@dataclass(frozen=True)
+class _Shape:
+    n: int  # tokens B·T
+    B: int
+    T: int
+    d: int
+    I: int  # noqa: E741  (the FFN width)
+    h: int
+    A: int  # attention scores B·h·T²
+    e: int  # element bytes
+    m: int  # dropout-mask element bytes
+    p_hidden: float
+    p_attn: float
+    fused_attention: bool
+
+    def nd(self, k: float = 1.0) -> float:
+        return k * self.n * self.d * self.e
+
+
+@functools.lru_cache(maxsize=64)
+def _model_summary(backbone: str, method: str, layers: int | None, options_json: str, dtype: str) -> dict[str, Any]:
+    """Config and parameter sizes of the model prepared for the method, built on the meta device (shapes, no
+    memory); real-weight backbones that cannot be built on meta are built for real (they are small)."""
+    from mefts_core.backbones import load_backbone
+    from mefts_core.methods import apply_method
+
+    options = json.loads(options_json)
+    tdtype = getattr(torch, dtype)
+    try:
+        with torch.device("meta"):
+            model, _ = load_backbone(backbone, num_layers=layers, dtype=tdtype)
+            apply_method(model, method, **options)
+    except RuntimeError:
+        model, _ = load_backbone(backbone, num_layers=layers, dtype=tdtype)
+        apply_method(model, method, **options)
+    params = list(model.parameters())
+    trainable = [p for p in params if p.requires_grad]
+    return {
+        "config": model.config,
+        "param_bytes": _nbytes(params), "trainable_bytes": _nbytes(trainable), "buffer_bytes": _nbytes(model.buffers()),
+        "n_trainable": len(trainable), "largest_trainable": max((_nbytes([p]) for p in trainable), default=0),
+        "trainable_params": sum(p.numel() for p in trainable), "total_params": sum(p.numel() for p in params),
+    }
+
+
+def _nbytes(tensors) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+# ------------------------------------------------------------------------------------------------ one BERT layer
+
+
+@dataclass
+class _Train:
+    """What trains in one layer (weights by linear: q k v o i f; LoRA rank per linear; adapters)."""
+
+    weights: frozenset = frozenset()  # linears whose weight trains
+    biases: bool = False  # every bias (and LayerNorm) trains (full FT, BitFit)
+    lora: tuple = ()  # ((linear, rank, dropout), ...)
+    attn_adapter: int = 0  # series adapter after the attention output (Houlsby, MEFT3), bottleneck
+    ffn_adapter: int = 0  # bottleneck of the FFN adapter
+    ffn_mode: str = "parallel"  # parallel (MEFT) or series (Pfeiffer/Houlsby)
+
+
+def _adapter_saved(s: _Shape, r: int, input_saved: bool) -> float:
+    """A bottleneck adapter: its input (down's weight trains), GELU input, dropout mask, dropped (up's input)."""
+    mask = s.n * r * s.m if s.p_hidden > 0 else 0
+    return (s.nd() if input_saved else 0) + 2 * s.n * r * s.e + mask
+
+
+def _attn_saved(s: _Shape, t: _Train, x_rg: bool) -> tuple[dict[str, float], bool]:
+    """Tensors the attention sub-block saves (BertSelfAttention + BertSelfOutput) and whether its output needs grad.
+    `x` (the sub-block input) is reported under "x" when something saves it."""
+    lora = {name: (r, p) for name, r, p in t.lora}
+    out: dict[str, float] = {}
+    rg = {k: x_rg or k in t.weights or t.biases or k in lora for k in "qkv"}
+    if any(k in t.weights for k in "qkv") or any(k in lora for k in "qkv"):
+        out["x"] = s.nd()
+    for k, (r, p) in lora.items():
+        if k in "qkvo":
+            out[f"lora_{k}"] = s.n * r * s.e + (s.nd() + s.n * s.d * s.m if p > 0 else 0)
+    scores_rg = rg["q"] or rg["k"]
+    if s.fused_attention:
+        if scores_rg or rg["v"]:  # q, k, v, output, log-sum-exp (fp32, padded to 32 rows)
+            out["sdpa"] = s.nd(4) + s.B * s.h * (math.ceil(s.T / 32) * 32) * 4
+    else:
+        if rg["k"]:
+            out["q"] = s.nd()
+        if rg["q"]:
+            out["k"] = s.nd()
+        if scores_rg:
+            out["probs"] = s.A * s.e
+            if s.p_attn > 0:
+                out["attn_mask"] = s.A * s.m
+        if rg["v"]:
+            out["dropped_probs"] = s.A * s.e
+        if scores_rg:
+            out["v"] = s.nd()
+    ctx_rg = scores_rg or rg["v"]
+    o_rg = ctx_rg or "o" in t.weights or t.biases or "o" in lora
+    if "o" in t.weights or "o" in lora:
+        out["context"] = s.nd()
+    if o_rg and s.p_hidden > 0:
+        out["hidden_mask1"] = s.nd() * s.m / s.e
+    if t.attn_adapter:
+        out["attn_adapter"] = _adapter_saved(s, t.attn_adapter, True)
+        o_rg = True
+    add_rg = o_rg or x_rg
+    ln_rg = add_rg or t.biases
+    if ln_rg:
+        out["ln1_in"] = s.nd() + 2 * s.n * 4
+    return out, ln_rg
+
+
+def _ffn_saved(s: _Shape, t: _Train, x_rg: bool) -> tuple[dict[str, float], bool]:
+    """Tensors the FFN sub-block (BertIntermediate + BertOutput, with its adapter) saves; its output needs grad?"""
+    lora = {name: (r, p) for name, r, p in t.lora}
+    out: dict[str, float] = {}
+    i_rg = x_rg or "i" in t.weights or t.biases or "i" in lora
+    if "i" in t.weights or "i" in lora or (t.ffn_adapter and t.ffn_mode == "parallel"):
+        out["x"] = s.nd()
+    if i_rg:
+        out["gelu_in"] = s.n * s.I * s.e
+    if "f" in t.weights or "f" in lora:
+        out["gelu_out"] = s.n * s.I * s.e
+    for k, (r, p) in lora.items():
+        if k in "if":
+            out[f"lora_{k}"] = s.n * r * s.e + (s.n * (s.d if k == "i" else s.I) * (s.e + s.m) if p > 0 else 0)
+    f_rg = i_rg or "f" in t.weights or t.biases or "f" in lora
+    if f_rg and s.p_hidden > 0:
+        out["hidden_mask2"] = s.nd() * s.m / s.e
+    if t.ffn_adapter:
+        series = t.ffn_mode == "series"
+        out["ffn_adapter"] = _adapter_saved(s, t.ffn_adapter, series)
+        f_rg = True
+    ln_rg = f_rg or x_rg or t.biases
+    if ln_rg:
+        out["ln2_in"] = s.nd() + 2 * s.n * 4
+    return out, ln_rg
+
+
+def _ffn_transient(s: _Shape, t: _Train, saved: dict[str, float]) -> float:
+    """Rise above everything saved during the FFN sub-block's backward. Two moments:
+    - the output dense's backward: LayerNorm 2's input and the dropout mask are freed; the residual grad and dL/df
+      are alive (2 n·d) with the new dL/dGELU-out (n·I) and, when its weight trains, a d·I weight-grad temporary;
+    - GELU's backward: dL/dGELU-out and dL/dGELU-in together (2 n·I) beside the residual grad, with the GELU output
+      (if saved) freed."""
+    freed = saved.get("ln2_in", 0.0) + saved.get("hidden_mask2", 0.0)
+    at_dense = -freed + s.nd(2) + s.n * s.I * s.e + (s.d * s.I * s.e if "f" in t.weights else 0)
+    at_gelu = -freed - saved.get("gelu_out", 0.0) + s.nd() + 2 * s.n * s.I * s.e
+    return max(at_dense, at_gelu)
+
+
+def _attn_transient(s: _Shape) -> float:
+    """Attention backward, at the probs·V matmul: dL/d(dropped probs) (math path only) beside three n·d grads
+    (the input's accumulating grad, the context grad, dL/dV); everything the sub-block saved is still alive."""
+    return s.nd(3) + (0 if s.fused_attention else s.A * s.e)
+
+
+def _layer(s: _Shape, t: _Train, x_rg: bool) -> dict[str, Any]:
+    """One layer: saved bytes (without its input), saved input bytes, the backward transient of the layer (top
+    layer: its FFN or attention backward), the forward transient at its last op, and whether its output needs grad.
+
+    The forward transient is what is alive but not saved when the top layer's LayerNorm 2 runs: the layer input and
+    LayerNorm 1's output (when nothing saves them), the GELU output (an argument of the output sub-block until it
+    returns), a series adapter's sum, and the new output."""
+    a, a_rg = _attn_saved(s, t, x_rg)
+    f, f_rg = _ffn_saved(s, t, a_rg)
+    x_saved = a.pop("x", 0.0)
+    ln1_out = f.pop("x", 0.0)  # the attention sub-block's output (LayerNorm 1's output), if the FFN saves it
+    saved = sum(a.values()) + sum(f.values()) + ln1_out
+    ffn_in_saved = sum(f.values()) + ln1_out
+    transient = max(_ffn_transient(s, t, f), _attn_transient(s) - ffn_in_saved)
+    forward = ((0 if x_saved else s.nd()) + (0 if ln1_out else s.nd()) + s.nd()
+               + (0 if "gelu_out" in f else s.n * s.I * s.e) + (s.nd() if t.ffn_adapter and t.ffn_mode == "series"
+                                                                 else 0))
+    return {"saved": saved, "x_saved": x_saved, "transient": transient, "forward": forward, "out_rg": f_rg}
+
+
+# ------------------------------------------------------------------------------------------------ the model
+
+
+def _train_spec(method: str, opts: Any, cfg: Any) -> tuple[_Train, bool]:
+    """What trains in each layer, and whether the embeddings' output needs grad."""
+    if method == "full":
+        return _Train(weights=frozenset("qkvoif"), biases=True), True
+    if method == "bitfit":
+        return _Train(biases=True), True
+    if method == "lora":
+        targets = opts.target_modules or ["query", "value"]
+        names = {"query": "q", "key": "k", "value": "v", "dense": "oif"}
+        lora = tuple((k, opts.r, opts.dropout) for t in targets for k in names.get(t, ""))
+        if not lora:
+            raise NotImplementedError(f"target_modules={targets!r}: no LoRA accounting for these names")
+        return _Train(lora=lora), False
+    if method == "adapter":
+        houlsby = opts.placement == "houlsby"
+        return _Train(attn_adapter=opts.bottleneck if houlsby else 0, ffn_adapter=opts.bottleneck,
+                      ffn_mode="parallel" if opts.placement == "parallel" else "series"), False
+    # MEFT: every layer has a parallel FFN adapter; MEFT3 also a series attention adapter
+    return _Train(ffn_adapter=opts.bottleneck, attn_adapter=opts.bottleneck if opts.variant == "meft3" else 0), False
+
+
+def _embeddings(s: _Shape, out_rg: bool, weights_train: bool, positions: int) -> float:
+    """Embeddings: LayerNorm input and stats, dropout mask, the output; indices when the tables train."""
+    if not out_rg:
+        return 0.0
+    saved = s.nd() + 2 * s.n * 4 + (s.nd() * s.m / s.e if s.p_hidden > 0 else 0)
+    if weights_train:
+        saved += s.n * 8 + positions * 8 + s.T * 8  # token ids, the position-id buffer, token-type ids
+    return saved
+
+
+def _head(s: _Shape, pooler_trains: bool, labels: int) -> float:
+    """Pooler (tanh output; its input, a view that keeps the last hidden state alive, when it trains), classifier
+    dropout mask and input, log-softmax output and labels."""
+    saved = 2 * s.B * s.d * s.e + s.B * s.d * s.m + s.B * labels * s.e + s.B * 8
+    return saved + (s.nd() if pooler_trains else 0)
+
+
+def _meft(s: _Shape, t: _Train, opts: Any, n_layers: int) -> dict[str, float]:
+    """Stored bytes and the backward peak of the reversible stack (mefts_core.reversible), in bytes.
+
+    The peak is the largest of a few moments of one layer's backward_pass, each a sum of tensors alive then
+    (u = one n·d float tensor, w = one n·d stream tensor: int64 in exact mode):
+    - always: the saved top state and buffers; a zeros tensor and the Function's two output grads (3u); below the
+      top layer also the current state (2w) and its grads dy1, dy2 (2u);
+    - inside a whole-layer chain (MEFT1's F, MEFT2's G), recomputed a piece at a time: the attention piece's
+      output (u) and, while the attention piece runs, the chain's output and its grad (2u); plus the piece's own
+      saved tensors and backward transient;
+    - MEFT1/MEFT3's F comes after G, so G's output grad and the new dy1 (2u) and the rebuilt stream x2 (w) are
+      alive too; exact mode decodes F's or G's input to a float copy (u).
+    """
+    from fractions import Fraction
+
+    exact = opts.recompute == "exact"
+    u, w = s.nd(), s.n * s.d * (8 if exact else s.e)
+    n_rev = n_layers if opts.reversible_layers is None else min(opts.reversible_layers, n_layers)
+    buffers = 0.0
+    if exact:
+        for f in (opts.lam, opts.beta):
+            q = Fraction(f).limit_denominator(256).denominator
+            if q > 1:
+                buffers += n_rev * s.n * s.d * (0.5 if q <= 16 and s.d % 2 == 0 else 1)
+    k = int(opts.recompute.split("=")[1]) if opts.recompute.startswith("checkpoint_every=") else 0
+    checkpoints = ((n_rev - 1) // k) * 2 * w if k else 0.0
+    stored = 2 * w + buffers + checkpoints
+
+    attn, _ = _attn_saved(s, t, True)
+    attn.pop("x", None)
+    ffn, _ = _ffn_saved(s, t, True)
+    ffn.pop("x", None)
+    p_attn = sum(attn.values()) + _attn_transient(s)  # one piece recomputed with grad, at its backward's peak
+    p_ffn = sum(ffn.values()) + _ffn_transient(s, t, ffn)
+    p_adapter = _adapter_saved(s, t.ffn_adapter, True) + 3 * u
+    chain = max(u + 2 * u + p_attn, u + p_ffn)  # attention piece output (+ chain output and grad) + a piece
+
+    base = 3 * u + ((2 * w + 2 * u) if n_rev > 1 else 0.0)
+    after_g = 2 * u + w  # G's output grad, the new dy1, the rebuilt x2 (while F runs)
+    decoded = u if exact else 0.0
+    if opts.variant == "meft1":
+        moments = [base + decoded + p_adapter, base + after_g + decoded + chain]
+    elif opts.variant == "meft2":
+        moments = [base + decoded + chain, base + after_g + decoded + p_adapter]
+    else:
+        moments = [base + decoded + p_ffn, base + after_g + decoded + p_attn]
+    if exact:  # fixed-point rounding of F's output and unscaling x1: int64/float64 temporaries (about 4 w)
+        moments.append(base + after_g + 2 * u + 4 * w)
+    return {"stored": stored, "working": max(moments)}
+
+
+def estimate_memory(backbone: str, method: str, batch_size: int, seq_len: int, layers: int | None = None,
+                    options: dict[str, Any] | None = None, *, dtype: str = "float32", device: str = "cpu",
+                    attention: str | None = None, num_labels: int = 2) -> dict[str, Any]:
+    """Predict the memory of one training step (AdamW) of `backbone` prepared for `method` at (batch, seq_len).
+
+    Args:
+        backbone: a registry name or local folder (mefts_core.backbones).
+        method: full, lora, adapter, bitfit, meft1, meft2, meft3 (options as for apply_method).
+        batch_size, seq_len: the batch shape; every token is real (no padding).
+        layers: depth override (architecture-only backbones), None for the backbone's own.
+        options: method options (validated by mefts_core.config.method_options).
+        dtype: float32, bfloat16 or float16 weights and activations.
+        device: "cpu" or "cuda": sets the dropout-mask size and the default attention kernel.
+        attention: "math" (scores materialised; CPU SDPA, eager) or "fused" (CUDA SDPA); default by device.
+
+    Returns:
+        dict of bytes: param_bytes, buffer_bytes, batch_bytes, grad_bytes, optimizer_bytes, stored_activation_bytes,
+        activation_bytes (the peak rise over forward+backward), optimizer_step_bytes (AdamW's transient),
+        peak_bytes; and trainable_params, total_params, and `terms` (the named parts of the activation count).
+
+    Raises:
+        ValueError: bad method options or dtype. NotImplementedError: a family without a layer walk.
+    """
+    from mefts_core.config import method_options
+
+    options = dict(options or {})
+    opts = method_options(method, **options)
+    if dtype not in _ELEMENT:
+        raise ValueError(f"dtype={dtype!r}: must be one of {', '.join(_ELEMENT)}")
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"device={device!r}: must be cpu or cuda")
+    summary = _model_summary(backbone, method, layers, json.dumps(options, sort_keys=True), dtype)
+    cfg = summary["config"]
+    if cfg.model_type not in ("bert", "roberta"):
+        raise NotImplementedError(f"no activation model for model_type={cfg.model_type!r} yet (BERT/RoBERTa only)")
+    e = _ELEMENT[dtype]
+    attention = attention or ("fused" if device == "cuda" else "math")
+    if attention not in ("math", "fused"):
+        raise ValueError(f"attention={attention!r}: must be math or fused")
+    B, T = batch_size, seq_len
+    s = _Shape(n=B * T, B=B, T=T, d=cfg.hidden_size, I=cfg.intermediate_size, h=cfg.num_attention_heads,
+               A=B * cfg.num_attention_heads * T * T, e=e, m=e if device == "cpu" else 1,
+               p_hidden=cfg.hidden_dropout_prob, p_attn=cfg.attention_probs_dropout_prob,
+               fused_attention=attention == "fused")
+    n_layers = cfg.num_hidden_layers
+
+    param_bytes, trainable_bytes = summary["param_bytes"], summary["trainable_bytes"]
+    buffer_bytes = summary["buffer_bytes"]
+    batch_bytes = 2 * s.n * 8 + B * 8  # input_ids, attention_mask, labels (int64)
+    optimizer_bytes = 2 * trainable_bytes + 8 * summary["n_trainable"]  # exp_avg, exp_avg_sq, a scalar step each
+    opt_step = 2 * summary["largest_trainable"] if device == "cpu" else trainable_bytes
+
+    train, emb_rg = _train_spec(method, opts, cfg)
+    gc_on = bool(getattr(opts, "gradient_checkpointing", False))
+    # HF's checkpointing makes the embeddings' output require grad (enable_input_require_grads), so that each
+    # checkpointed layer has an input with grad: the embeddings' LayerNorm and dropout then save for backward too.
+    emb_rg = emb_rg or gc_on
+    terms: dict[str, float] = {}
+    meft = method.startswith("meft")
+    terms["embeddings"] = _embeddings(s, emb_rg, method == "full", cfg.max_position_embeddings)
+    x_rg = emb_rg
+    layer_saved, inputs, top = 0.0, 0.0, None
+    if meft:
+        m = _meft(s, train, opts, n_layers)
+        terms["reversible_stack"] = m["stored"]
+        terms["merge"] = s.nd() if opts.merge == "gated" else 0.0
+        n_plain, x_rg = n_layers - (n_layers if opts.reversible_layers is None
+                                    else min(opts.reversible_layers, n_layers)), True
+    else:
+        n_plain = n_layers
+    for _ in range(n_plain):
+        top = _layer(s, train, x_rg)
+        layer_saved += top["saved"] + top["x_saved"]
+        inputs += s.nd()  # a checkpointed layer keeps its input
+        x_rg = top["out_rg"]
+    pooler_trains = method == "full"
+    terms["head"] = _head(s, pooler_trains, num_labels)
+    if top is None:
+        act_peak = stored = sum(terms.values())
+    elif gc_on:
+        terms["layer_inputs"] = inputs
+        stored = sum(terms.values())
+        # backward recomputes the top layer: everything it saves, its output, and its backward transient
+        act_peak = stored + top["saved"] + top["x_saved"] + s.nd() + top["transient"]
+    else:
+        terms["layers"] = layer_saved
+        stored = sum(terms.values())
+        act_peak = stored + max(top["transient"], top["forward"] - terms["head"])
+    if meft:
+        # by the time the reversible backward runs, the upper layers, merge and head have been freed
+        act_peak = max(act_peak, terms["embeddings"] + m["stored"] + m["working"])
+    if method == "full":  # the dense word-embedding gradient at the end of backward
+        act_peak = max(act_peak, terms["embeddings"] + cfg.vocab_size * s.d * e + s.nd(2))
+
+    static = param_bytes + buffer_bytes + batch_bytes + trainable_bytes + optimizer_bytes
+    return {
+        "param_bytes": param_bytes, "buffer_bytes": buffer_bytes, "batch_bytes": batch_bytes,
+        "grad_bytes": trainable_bytes, "optimizer_bytes": optimizer_bytes,
+        "stored_activation_bytes": int(stored), "activation_bytes": int(act_peak),
+        "optimizer_step_bytes": int(opt_step), "peak_bytes": int(static + max(act_peak, opt_step)),
+        "trainable_params": summary["trainable_params"], "total_params": summary["total_params"],
+        "attention": attention, "terms": {k: int(v) for k, v in terms.items()},
+    }
+
+
+# ------------------------------------------------------------------------------------------------ measured fit
+
+
+@dataclass
+class MemoryFit:
+    """peak(B, T) = static + max(floor, a + b·B·T + c·B·T²), fitted to measured steps.
+
+    static: parameters + gradients + optimizer state (measured). a + b·tokens + c·tokens·T: the activation peak
+    (a: what does not scale with the batch, b: per token, c: the attention scores per token per key). floor: a
+    transient that does not scale either (AdamW's temporaries, the dense embedding gradient of full FT).
+    """
+
+    static: float
+    a: float
+    b: float
+    c: float
+    floor: float = 0.0
+
+    def peak(self, batch_size: int, seq_len: int) -> float:
+        n = batch_size * seq_len
+        return self.static + max(self.floor, self.a + self.b * n + self.c * n * seq_len)
+
+    def max_batch(self, seq_len: int, budget_bytes: float) -> int:
+        """Largest batch whose peak at `seq_len` fits in the budget (0 when none does)."""
+        room = budget_bytes - self.static
+        per_row = self.b * seq_len + self.c * seq_len**2
+        if room < self.floor or room < self.a + per_row:
+            return 0
+        return math.floor((room - self.a) / per_row + 1e-9) if per_row > 0 else 1 << 40
+
+    def max_seq(self, batch_size: int, budget_bytes: float) -> int:
+        """Longest sequence whose peak at `batch_size` fits in the budget (0 when none does)."""
+        room = budget_bytes - self.static
+        if room < self.floor or room < self.a:
+            return 0
+        qa, qb, qc = self.c * batch_size, self.b * batch_size, self.a - room  # qa·T² + qb·T + qc <= 0
+        if qa <= 0:
+            return math.floor(-qc / qb + 1e-9) if qb > 0 else 1 << 40
+        return math.floor((-qb + math.sqrt(qb * qb - 4 * qa * qc)) / (2 * qa) + 1e-9)
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+def fit_memory(points: list[dict[str, Any]]) -> MemoryFit:
+    """Fit `MemoryFit` to measured points (dicts with batch_size, seq_len, peak_bytes, peak_activation_bytes,
+    static_bytes), e.g. from mefts_core.bench.measure_points.
+
+    Three points with two sequence lengths determine a, b and c; with one sequence length c is 0. A negative c
+    (noise) is dropped and (a, b) refitted by least squares.
+    """
+    import numpy as np
+
+    if len(points) < 2:
+        raise ValueError(f"points: need at least 2 measured points, got {len(points)}")
+    static = max(p["static_bytes"] for p in points)
+    n = np.array([p["batch_size"] * p["seq_len"] for p in points], dtype=float)
+    t = np.array([p["seq_len"] for p in points], dtype=float)
+    act = np.array([p["peak_activation_bytes"] for p in points], dtype=float)
+    cols = [np.ones_like(n), n, n * t] if len(set(t.tolist())) > 1 else [np.ones_like(n), n]
+    coef = np.linalg.lstsq(np.stack(cols, 1), act, rcond=None)[0]
+    if len(coef) == 3 and coef[2] < 0:
+        coef = np.append(np.linalg.lstsq(np.stack(cols[:2], 1), act, rcond=None)[0], 0.0)
+    a, b, c = float(coef[0]), float(coef[1]), float(coef[2]) if len(coef) == 3 else 0.0
+    # a step whose peak came after the activations (the optimizer step) sets a floor that does not scale
+    floor = max((p["peak_bytes"] - p["static_bytes"] for p in points
+                 if p["peak_bytes"] - p["static_bytes"] > p["peak_activation_bytes"]), default=0.0)
+    return MemoryFit(static=float(static), a=a, b=max(b, 0.0), c=c, floor=float(floor))
