@@ -13,6 +13,7 @@ from fastapi import FastAPI, HTTPException
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
+from backend import security
 from backend.routes import results, runs, sweeps, system
 from backend.settings import Settings, get_settings
 from db.session import make_engine, make_sessionmaker, upgrade_database
@@ -65,9 +66,11 @@ def create_app(
         version=system.VERSION,
         description="Queue, run and compare memory-efficient fine-tuning runs (MEFT, LoRA, adapters, BitFit, full).",
         lifespan=lifespan,
+        default_response_class=security.SafeJSONResponse,
     )
     app.state.settings = settings
     app.state.stopping = threading.Event()
+    security.install(app, settings)  # token, body limit, JSON hygiene, CORS, 507/503 for a full or busy database
     for router in (runs.router, sweeps.router, results.router, system.router):
         app.include_router(router, prefix="/api")
 

@@ -9,15 +9,22 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import math
 import re
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
-from mefts_core.backbones import validate_backbone
+from backend.security import PATH_TASK_OPTIONS, PathNotAllowed, backbone_is_path, confine_path
+from mefts_core.backbones import BACKBONES, validate_backbone
 from mefts_core.config import METHODS, method_options
 
 # Fields of a run request that are not TrainConfig hyperparameters.
-TOP_LEVEL = ("backbone", "method", "task", "method_options", "task_options", "seed", "device")
+TOP_LEVEL = ("backbone", "method", "task", "method_options", "task_options", "seed", "device", "timeout_s")
 DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+# Config values stored in 32-bit integer columns (PostgreSQL INTEGER; SQLite's are 64-bit).
+INT32_MAX = 2**31 - 1
+INT_COLUMNS = ("seed", "batch_size", "max_seq_len", "epochs")
 
 
 class SpecError(ValueError):
@@ -34,6 +41,8 @@ class SpecError(ValueError):
 
 
 def _jsonable(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
     if value is None or isinstance(value, bool | int | float | str):
         return value
     if isinstance(value, list | tuple):
@@ -146,11 +155,18 @@ def build_config(
     hyperparameters: dict[str, Any] | None,
     seed: int | None,
     device: str | None,
+    allowed_roots: Sequence[Path] | None = None,
+    timeout_s: float | None = None,
 ) -> dict[str, Any]:
-    """Validate one run and return its TrainConfig as a dict. Raises SpecError naming the field and the value."""
+    """Validate one run and return its TrainConfig as a dict. Raises SpecError naming the field and the value.
+
+    With `allowed_roots`, a backbone given as a local folder and the task's file options must lie inside them
+    (after resolving `..` and symlinks); they are stored as those real paths. `timeout_s` is stored as is."""
     method_opts = dict(method_opts or {})
     task_opts = dict(task_opts or {})
     hp = dict(hyperparameters or {})  # explicitly set values only (nulls included); TrainConfig fills the rest
+    if allowed_roots is not None:
+        backbone, task_opts = confine_run_paths(backbone, task_opts, allowed_roots)
 
     if method not in METHODS:
         raise SpecError(("method",), method, f"method={method!r}: unknown method; valid: {', '.join(METHODS)}")
@@ -208,7 +224,38 @@ def build_config(
         else:
             loc, value = (), raw
         raise SpecError(loc, value, msg) from e
-    return cfg.to_dict()
+    out = cfg.to_dict()
+    _check_int_columns(out, hp)
+    if timeout_s is not None:
+        out["timeout_s"] = float(timeout_s)
+    return out
+
+
+def confine_run_paths(
+    backbone: str, task_opts: dict[str, Any], roots: Sequence[Path]
+) -> tuple[str, dict[str, Any]]:
+    """Backbone folder and task file options confined to `roots` (SpecError naming the field otherwise)."""
+    if isinstance(backbone, str) and backbone_is_path(backbone, BACKBONES):
+        try:
+            backbone = confine_path(backbone, roots, "backbone")
+        except PathNotAllowed as e:
+            raise SpecError(("backbone",), backbone, str(e)) from e
+    out = dict(task_opts)
+    for key in PATH_TASK_OPTIONS:
+        if key in out:
+            try:
+                out[key] = confine_path(out[key], roots, key)
+            except PathNotAllowed as e:
+                raise SpecError(("task_options", key), out[key], str(e)) from e
+    return backbone, out
+
+
+def _check_int_columns(config: dict[str, Any], hp: dict[str, Any]) -> None:
+    for name in INT_COLUMNS:
+        value = config.get(name)
+        if isinstance(value, int) and not -INT32_MAX <= value <= INT32_MAX:
+            loc = (name,) if name in TOP_LEVEL else ("hyperparameters", name)
+            raise SpecError(loc, value, f"{name}={value!r}: must be at most {INT32_MAX}")
 
 
 def run_columns(config: dict[str, Any], *, name: str | None = None, priority: int = 0,

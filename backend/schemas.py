@@ -29,6 +29,13 @@ def parse_utc(value: str) -> dt.datetime:
 
 Timestamp = Annotated[dt.datetime | None, PlainSerializer(iso_utc, return_type=str | None)]
 
+# Integers stored in 32-bit columns (PostgreSQL INTEGER) or used as row ids: larger ones are 422, not a 500.
+INT32_MAX = 2**31 - 1
+Priority = Annotated[int, Field(ge=-INT32_MAX, le=INT32_MAX, description="higher runs first")]
+TimeoutSeconds = Annotated[float, Field(gt=0, le=30 * 86400, description="wall-clock limit of the run's job in "
+                                        "seconds; past it the job is killed and the run fails with "
+                                        "'timed out after N s' (default: MEFTS_RUN_TIMEOUT_SECONDS, none)")]
+
 
 class Hyperparameters(BaseModel):
     """TrainConfig fields other than backbone/method/task/seed/device. Unset fields take TrainConfig's defaults;
@@ -62,11 +69,12 @@ class RunCreate(BaseModel):
     method_options: dict[str, Any] = Field(default_factory=dict, examples=[{"bottleneck": 8}])
     task_options: dict[str, Any] = Field(default_factory=dict)
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
-    seed: int | None = Field(default=None, description="default: TrainConfig's (42)")
+    seed: int | None = Field(default=None, ge=0, le=INT32_MAX, description="default: TrainConfig's (42)")
     device: str | None = Field(default=None, description="auto | cpu | cuda | cuda:N")
     name: str | None = Field(default=None, max_length=200)
-    priority: int = Field(default=0, description="higher runs first")
+    priority: Priority = 0
     max_attempts: int | None = Field(default=None, ge=1, le=100, description="default: MEFTS_MAX_ATTEMPTS")
+    timeout_s: TimeoutSeconds | None = None
 
 
 class RunEdits(BaseModel):
@@ -81,11 +89,12 @@ class RunEdits(BaseModel):
     method_options: dict[str, Any] | None = None
     task_options: dict[str, Any] | None = None
     hyperparameters: dict[str, Any] | None = None
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=0, le=INT32_MAX)
     device: str | None = None
     name: str | None = Field(default=None, max_length=200)
-    priority: int | None = None
+    priority: Priority | None = None
     max_attempts: int | None = Field(default=None, ge=1, le=100)
+    timeout_s: TimeoutSeconds | None = None
 
 
 class SweepCreate(BaseModel):
@@ -97,7 +106,7 @@ class SweepCreate(BaseModel):
     methods: list[str] = Field(min_length=1, examples=[["full", "lora", "meft1"]])
     backbones: list[str] = Field(min_length=1, examples=[["tiny-bert"]])
     tasks: list[str] = Field(min_length=1, examples=[["sst2"]])
-    seeds: list[int] = Field(default_factory=lambda: [42], min_length=1)
+    seeds: list[Annotated[int, Field(ge=0, le=INT32_MAX)]] = Field(default_factory=lambda: [42], min_length=1)
     method_options: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="options per method name, e.g. {'lora': {'r': 16}}"
     )
@@ -107,8 +116,9 @@ class SweepCreate(BaseModel):
         examples=[{"learning_rate": [1e-4, 3e-4], "epochs": 3}],
     )
     device: str | None = None
-    priority: int = 0
+    priority: Priority = 0
     max_attempts: int | None = Field(default=None, ge=1, le=100)
+    timeout_s: TimeoutSeconds | None = None
 
 
 class RunSummary(BaseModel):

@@ -6,7 +6,7 @@ import os
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from db.session import default_database_url
@@ -46,10 +46,36 @@ class Settings(BaseSettings):
                                     description="EXECUTOR=ray: the cluster to join (default: start a local Ray)")
     ray_cpus_per_job: float = Field(default=1, gt=0, description="EXECUTOR=ray: num_cpus a CPU run asks for")
     ray_gpus_per_job: float = Field(default=1, gt=0, description="EXECUTOR=ray: num_gpus a GPU run asks for")
+    # Security (backend/security.py; README "Security").
+    api_token: SecretStr | None = Field(
+        default=None, description="Bearer token every POST/PUT/PATCH/DELETE under /api must send; required when "
+        "`mefts serve` listens on anything but loopback",
+    )
+    cors_origins: str = Field(default="", description="comma-separated origins a browser may call the API from "
+                              "(default: none, CORS closed)")
+    allowed_roots: str | None = Field(
+        default=None, description=f"folders ({os.pathsep!r}-separated) that local model and data paths in run "
+        "requests must lie in; default: the data directory",
+    )
+    max_body_bytes: int = Field(default=1_048_576, ge=1024, description="larger request bodies get 413")
+    run_timeout_seconds: float | None = Field(
+        default=None, gt=0, description="wall-clock limit of a run's job (a run may set its own timeout_s); past "
+        "it the job is killed and the run fails with 'timed out after N s'",
+    )
 
     @property
     def db_url(self) -> str:
         return self.database_url or default_database_url(self.data_dir)
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return [o.strip().rstrip("/") for o in self.cors_origins.split(",") if o.strip()]
+
+    @property
+    def allowed_root_paths(self) -> list[Path]:
+        """Where local model and data paths may point (real paths): MEFTS_ALLOWED_ROOTS, else the data directory."""
+        raw = [r for r in (self.allowed_roots or "").split(os.pathsep) if r.strip()] or [str(self.data_dir)]
+        return [Path(os.path.realpath(Path(r.strip()).expanduser())) for r in raw]
 
     @property
     def log_dir(self) -> Path:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, status
 from fastapi.responses import PlainTextResponse
 from sqlalchemy.orm import Session
 
 from backend import runspec
 from backend.deps import SessionDep, SettingsDep, wake_worker
-from backend.schemas import MetricSeries, RunCreate, RunDetail, RunEdits, RunList, parse_utc
+from backend.schemas import INT32_MAX, MetricSeries, RunCreate, RunDetail, RunEdits, RunList, parse_utc
 from backend.settings import Settings
 from backend.views import metric_series, run_detail, run_summary
 from db import crud
@@ -19,6 +19,7 @@ from db.models import Run, RunStatus, utcnow
 router = APIRouter(prefix="/runs", tags=["runs"])
 
 RUN_NOT_FOUND = "Run not found"
+RunId = Annotated[int, Path(le=INT32_MAX, description="a run id")]
 
 
 def spec_error(err: runspec.SpecError) -> HTTPException:
@@ -40,12 +41,14 @@ def validated_columns(
     max_attempts: int | None,
     settings: Settings,
     cloned_from: int | None = None,
+    timeout_s: float | None = None,
 ) -> dict[str, Any]:
     """Validate a run and return its table columns; raises a 422 HTTPException naming the field and value."""
     try:
         config = runspec.build_config(
             backbone=backbone, method=method, task=task, method_opts=method_options, task_opts=task_options,
             hyperparameters=hyperparameters, seed=seed, device=device,
+            allowed_roots=settings.allowed_root_paths, timeout_s=timeout_s,
         )
     except runspec.SpecError as e:
         raise spec_error(e) from e
@@ -84,7 +87,7 @@ class RunFilters:
         method: Annotated[list[str] | None, Query()] = None,
         backbone: Annotated[list[str] | None, Query()] = None,
         task: Annotated[list[str] | None, Query()] = None,
-        sweep_id: Annotated[int | None, Query(alias="sweep")] = None,
+        sweep_id: Annotated[int | None, Query(alias="sweep", le=INT32_MAX)] = None,
         updated_since: Annotated[str | None, Query(description="ISO time; only runs changed after it")] = None,
     ) -> None:
         self.status = _split(status)
@@ -123,7 +126,7 @@ def create_run(body: RunCreate, session: SessionDep, settings: SettingsDep, requ
         backbone=body.backbone, method=body.method, task=body.task, method_options=body.method_options,
         task_options=body.task_options, hyperparameters=body.hyperparameters.model_dump(exclude_unset=True),
         seed=body.seed, device=body.device, name=body.name, priority=body.priority,
-        max_attempts=body.max_attempts, settings=settings,
+        max_attempts=body.max_attempts, settings=settings, timeout_s=body.timeout_s,
     )
     run = crud.create_run(session=session, fields=cols)
     session.commit()
@@ -138,7 +141,7 @@ def list_runs(
     sort: Annotated[str, Query(description="a column; prefix '-' for descending")] = "-id",
     order: Annotated[str | None, Query(pattern="^(asc|desc)$", description="overrides the '-' prefix")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=INT32_MAX)] = 0,
 ) -> RunList:
     """Runs filtered, sorted and paginated on the server, with the total count of the filter."""
     now = utcnow()
@@ -161,14 +164,14 @@ def list_runs(
 
 
 @router.get("/{run_id}", response_model=RunDetail)
-def get_run(run_id: int, session: SessionDep) -> RunDetail:
+def get_run(run_id: RunId, session: SessionDep) -> RunDetail:
     """Config, status, attempts, metrics, memory report, log tail and error of one run."""
     return _detail(session, _get(session, run_id))
 
 
 @router.get("/{run_id}/metrics", response_model=MetricSeries)
 def get_metrics(
-    run_id: int, session: SessionDep, attempt: Annotated[int | None, Query(ge=1)] = None
+    run_id: RunId, session: SessionDep, attempt: Annotated[int | None, Query(ge=1, le=INT32_MAX)] = None
 ) -> MetricSeries:
     """Every metric series of the run's current attempt (or `attempt`): train_loss per step, dev metrics per epoch."""
     run = _get(session, run_id)
@@ -178,7 +181,7 @@ def get_metrics(
 
 
 @router.get("/{run_id}/log", response_class=PlainTextResponse)
-def get_log(run_id: int, session: SessionDep, settings: SettingsDep) -> str:
+def get_log(run_id: RunId, session: SessionDep, settings: SettingsDep) -> str:
     """The job's full log file (stdout and stderr of every attempt); the tail is in the run's detail."""
     run = _get(session, run_id)
     path = settings.log_dir / f"run-{run_id}.log"
@@ -186,7 +189,7 @@ def get_log(run_id: int, session: SessionDep, settings: SettingsDep) -> str:
 
 
 @router.post("/{run_id}/cancel", response_model=RunDetail)
-def cancel_run(run_id: int, session: SessionDep) -> RunDetail:
+def cancel_run(run_id: RunId, session: SessionDep) -> RunDetail:
     """Queued: cancelled at once. Running: its worker kills the job's process group, then it is cancelled."""
     run = _get(session, run_id)
     if crud.is_terminal(run.status):
@@ -196,7 +199,7 @@ def cancel_run(run_id: int, session: SessionDep) -> RunDetail:
 
 
 @router.post("/{run_id}/retry", response_model=RunDetail)
-def retry_run(run_id: int, session: SessionDep, settings: SettingsDep, request: Request) -> RunDetail:
+def retry_run(run_id: RunId, session: SessionDep, settings: SettingsDep, request: Request) -> RunDetail:
     """Queue a failed, cancelled or does-not-fit run again (same id, more attempts)."""
     run = _get(session, run_id)
     if not crud.retry_run(session=session, run_id=run_id, extra_attempts=settings.max_attempts):
@@ -218,7 +221,7 @@ def _merge(base: dict[str, Any], edits: dict[str, Any] | None) -> dict[str, Any]
 
 @router.post("/{run_id}/clone", response_model=RunDetail, status_code=status.HTTP_201_CREATED)
 def clone_run(
-    run_id: int, session: SessionDep, settings: SettingsDep, request: Request, edits: RunEdits | None = None
+    run_id: RunId, session: SessionDep, settings: SettingsDep, request: Request, edits: RunEdits | None = None
 ) -> RunDetail:
     """Queue a new run from this one's config with edits (validated like a new run)."""
     src = _get(session, run_id)
@@ -236,6 +239,7 @@ def clone_run(
         device=edits.device or cfg.get("device"), name=edits.name or src.name,
         priority=edits.priority if edits.priority is not None else src.priority,
         max_attempts=edits.max_attempts, settings=settings, cloned_from=src.id,
+        timeout_s=edits.timeout_s if edits.timeout_s is not None else cfg.get("timeout_s"),
     )
     run = crud.create_run(session=session, fields=cols)
     session.commit()

@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Request, status
+from fastapi import APIRouter, HTTPException, Path, Query, Request, status
 
 from backend.deps import SessionDep, SettingsDep, wake_worker
 from backend.routes.runs import validated_columns
-from backend.schemas import SweepCreate, SweepCreated, SweepOut
+from backend.schemas import INT32_MAX, SweepCreate, SweepCreated, SweepOut
 from db import crud
 from db.models import Sweep
 
 router = APIRouter(prefix="/sweeps", tags=["sweeps"])
 
 SWEEP_NOT_FOUND = "Sweep not found"
+SweepId = Annotated[int, Path(le=INT32_MAX, description="a sweep id")]
 
 
 def _error(loc: list[Any], value: Any, msg: str) -> HTTPException:
@@ -73,7 +74,7 @@ def create_sweep(body: SweepCreate, session: SessionDep, settings: SettingsDep, 
                 backbone=point["backbone"], method=method, task=point["task"],
                 method_options=body.method_options.get(method, {}), task_options=body.task_options,
                 hyperparameters=hp, seed=point["seed"], device=body.device, name=body.name,
-                priority=body.priority, max_attempts=body.max_attempts, settings=settings,
+                priority=body.priority, max_attempts=body.max_attempts, settings=settings, timeout_s=body.timeout_s,
             )
         except HTTPException as e:
             detail = e.detail[0]
@@ -94,7 +95,11 @@ def create_sweep(body: SweepCreate, session: SessionDep, settings: SettingsDep, 
 
 
 @router.get("", response_model=list[SweepOut])
-def list_sweeps(session: SessionDep, limit: int = 100, offset: int = 0) -> list[SweepOut]:
+def list_sweeps(
+    session: SessionDep,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0, le=INT32_MAX)] = 0,
+) -> list[SweepOut]:
     """Sweeps, newest first, with the count of their runs per status."""
     sweeps = crud.list_sweeps(session=session, limit=limit, offset=offset)
     counts = crud.sweep_status_counts(session=session, sweep_ids=[s.id for s in sweeps])
@@ -102,7 +107,7 @@ def list_sweeps(session: SessionDep, limit: int = 100, offset: int = 0) -> list[
 
 
 @router.get("/{sweep_id}", response_model=SweepOut)
-def get_sweep(sweep_id: int, session: SessionDep) -> SweepOut:
+def get_sweep(sweep_id: SweepId, session: SessionDep) -> SweepOut:
     sweep = crud.get_sweep(session=session, sweep_id=sweep_id)
     if sweep is None:
         raise HTTPException(status_code=404, detail=SWEEP_NOT_FOUND)
@@ -111,7 +116,7 @@ def get_sweep(sweep_id: int, session: SessionDep) -> SweepOut:
 
 
 @router.post("/{sweep_id}/cancel", response_model=SweepOut)
-def cancel_sweep(sweep_id: int, session: SessionDep) -> SweepOut:
+def cancel_sweep(sweep_id: SweepId, session: SessionDep) -> SweepOut:
     """Cancel the sweep's queued runs and stop its running ones."""
     sweep = crud.get_sweep(session=session, sweep_id=sweep_id)
     if sweep is None:

@@ -9,14 +9,14 @@ import json
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from sqlalchemy import select, text
 
 from backend import runspec
 from backend.deps import SessionDep, SettingsDep
-from backend.schemas import Health, QueuedRunOut, SystemOut, WorkerOut, parse_utc
+from backend.schemas import INT32_MAX, Health, QueuedRunOut, SystemOut, WorkerOut, parse_utc
 from backend.views import run_event
 from backend.worker.executors.local import detect_devices
 from db import crud
@@ -141,6 +141,10 @@ async def events(
     The stream polls the runs table (one indexed query on updated_at per interval) and sends a comment every 15 s
     to keep proxies from closing it. Reconnecting with Last-Event-ID resumes where it left off.
     """
+    bad = [i for i in run or [] if not 0 <= i <= INT32_MAX]
+    if bad:
+        raise HTTPException(status_code=422, detail=[{"type": "value_error", "loc": ["query", "run"], "input": bad[0],
+                                                      "msg": f"run={bad[0]}: not a run id"}])
     start = since or request.headers.get("last-event-id")
     try:
         cursor = parse_utc(start) if start else utcnow()
