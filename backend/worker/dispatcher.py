@@ -18,7 +18,9 @@ import uuid
 from sqlalchemy.orm import Session, sessionmaker
 
 from backend.settings import Settings
-from backend.worker.executors.local import JobHandle, LocalExecutor, Slot, detect_devices
+from backend.worker.executors import make_executor
+from backend.worker.executors.local import JobHandle, Slot
+from backend.worker.timeouts import Timeouts
 from db import crud
 from db.models import RunStatus
 from db.session import session_scope
@@ -30,26 +32,23 @@ class Dispatcher:
     def __init__(self, settings: Settings, factory: sessionmaker[Session], *, worker_id: str | None = None) -> None:
         self.settings = settings
         self.factory = factory
-        self.host = socket.gethostname()
+        self.host = settings.host or socket.gethostname()
         self.worker_id = worker_id or settings.worker_id or f"{self.host}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-        self.devices = detect_devices(settings.gpus)
-        if settings.executor != "local":
-            raise ValueError(f"executor={settings.executor!r}: only 'local' is available in this build")
-        self.executor = LocalExecutor(
-            db_url=settings.db_url, data_dir=settings.data_dir, log_dir=settings.log_dir,
-            cpu_slots=settings.cpu_slots, cpu_count=settings.cpu_count, devices=self.devices,
-        )
+        self.executor = make_executor(settings)  # EXECUTOR: local subprocesses, or Ray tasks (executors/ray.py)
+        self.devices = self.executor.refresh()
         self.jobs: dict[int, JobHandle] = {}
         self.stop_event = threading.Event()
         self.wake_event = threading.Event()
         self._last_beat = 0.0
         self._thread: threading.Thread | None = None
+        self.timeouts = Timeouts(settings.run_timeout_seconds)  # per-run wall-clock limits (timeout_s)
 
     # ------------------------------------------------------------------------------------------------ one iteration
     def loop(self) -> int:
         """One iteration. Returns how many jobs it started."""
         self.reap()
         self.kill_cancelled()
+        self.timeouts.check(self)
         now = time.monotonic()
         if now - self._last_beat >= self.settings.heartbeat_seconds:
             self.heartbeat()
@@ -70,7 +69,11 @@ class Dispatcher:
                     handle.kill_sent = True
                 continue
             del self.jobs[run_id]
-            if code < 0:
+            if self.timeouts.finish(self, run_id, handle):  # killed past its timeout_s: stored as failed
+                continue
+            if getattr(handle, "exit_reason", None):  # the executor knows why (e.g. Ray: lost node, cancelled)
+                why = handle.exit_reason
+            elif code < 0:
                 why = f"job process killed by {signal.Signals(-code).name}"
             else:
                 why = f"job process exited with code {code}"
@@ -96,6 +99,7 @@ class Dispatcher:
                 handle.term_sent_at = time.monotonic()
 
     def heartbeat(self) -> None:
+        self.devices = self.executor.refresh()  # a Ray cluster's nodes come and go
         with session_scope(self.factory) as s:
             crud.worker_heartbeat(
                 session=s, worker_id=self.worker_id, host=self.host, pid=os.getpid(), devices=self.devices,
@@ -109,6 +113,8 @@ class Dispatcher:
         busy = {h.slot.name for h in self.jobs.values()}
         free = [slot for slot in self.executor.slots if slot.name not in busy]
         # Jobs that outlived an earlier worker on this host (e.g. after a server restart) still hold their cores.
+        if not self.executor.host_bound:
+            return free
         with session_scope(self.factory) as s:
             others = [r for r in crud.running_on_host(session=s, host=self.host) if r.id not in self.jobs]
         return free[: max(0, len(free) - len(others))]
@@ -126,6 +132,7 @@ class Dispatcher:
                 if run is None:
                     break
                 run_id, attempt = run.id, run.attempts
+                config = dict(run.config or {})
             try:
                 handle = self.executor.start(run_id=run_id, attempt=attempt, slot=slot)
             except OSError as e:
@@ -134,8 +141,10 @@ class Dispatcher:
                 log.exception("run %d: could not start the job", run_id)
                 continue
             self.jobs[run_id] = handle
-            with session_scope(self.factory) as s:
-                crud.set_pid(session=s, run_id=run_id, attempt=attempt, pid=handle.pid)
+            self.timeouts.track(run_id, config)
+            if handle.pid is not None:  # a Ray task's job writes its own pid once it runs
+                with session_scope(self.factory) as s:
+                    crud.set_pid(session=s, run_id=run_id, attempt=attempt, pid=handle.pid)
             started += 1
         return started
 
@@ -188,11 +197,9 @@ class Dispatcher:
             self.executor.signal(handle, signal.SIGTERM)
         deadline = time.monotonic() + self.settings.kill_grace_seconds
         for handle in self.jobs.values():
-            try:
-                handle.process.wait(max(0.0, deadline - time.monotonic()))
-            except Exception:
+            if not self.executor.wait(handle, max(0.0, deadline - time.monotonic())):
                 self.executor.signal(handle, signal.SIGKILL)
-                handle.process.wait()
+                self.executor.wait(handle, None)
         try:
             with session_scope(self.factory) as s:
                 for run_id, handle in self.jobs.items():

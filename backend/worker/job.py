@@ -12,6 +12,7 @@ Every write is fenced by the attempt number: once the run moved on, nothing this
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import logging
 import os
 import resource
@@ -200,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--slot", default="cpu:0", help="the worker's slot: cpu:N or gpu:N")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # a timed-out job's stacks land in its log
 
     settings = Settings()
     engine = make_engine(settings.db_url)
@@ -218,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     with session_scope(factory) as s:
         crud.set_run_info(session=s, run_id=run_id, attempt=attempt, values={
             "pid": os.getpid(), "git_revision": git_revision(), "versions": versions(),
-            "host": socket.gethostname(),
+            "host": settings.host or socket.gethostname(),
         })
 
     stop = threading.Event()
@@ -237,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if config_dict.get("threads") is None and args.threads:
             config_dict["threads"] = args.threads
+        config_dict.pop("timeout_s", None)  # the service's limit, enforced by the dispatcher (worker/timeouts.py)
         config = TrainConfig.from_dict(config_dict)
         result = run_training(config, [cb]).to_dict()
     except Exception as exc:  # every outcome is data: stored with the traceback, never a crash of the worker
