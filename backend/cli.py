@@ -29,8 +29,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from backend.main import create_app
+    from backend.security import bind_refusal
 
     settings = _settings(args)
+    refusal = bind_refusal(args.host, settings)
+    if refusal:
+        log.error("mefts serve: %s", refusal)
+        return 2
     app = create_app(settings, start_worker=not args.no_worker)
     log.info("serving on http://%s:%d (worker: %s)", args.host, args.port, "off" if args.no_worker else "embedded")
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level.lower(), timeout_graceful_shutdown=5)

@@ -2,7 +2,7 @@
 or locked database, path confinement for local model and data paths, and the refusal to serve beyond loopback
 without a token.
 
-`install(app, settings)` wires it into an app; `check_bind(host, settings)` is called by `mefts serve`;
+`install(app, settings)` wires it into an app; `bind_refusal(host, settings)` is checked by `mefts serve`;
 `confine_path` / `confine_run_paths` are used by backend.runspec when a run is validated.
 
 - Token: with MEFTS_API_TOKEN set, every POST/PUT/PATCH/DELETE under /api needs `Authorization: Bearer <token>`
@@ -98,24 +98,21 @@ def is_loopback(host: str) -> bool:
         return False  # a hostname or an interface we cannot judge: treat it as reachable from outside
 
 
-class BindRefused(SystemExit):
-    pass
-
-
-def check_bind(host: str, settings) -> None:
-    """Refuse (SystemExit with a message) to serve on a non-loopback address without an API token."""
+def bind_refusal(host: str, settings) -> str | None:
+    """Why `mefts serve` must not listen on `host` (a non-loopback address without an API token), or None."""
     if is_loopback(host):
-        return
+        return None
     token = token_value(settings)
     if token is None:
-        raise BindRefused(
-            f"mefts serve: refusing to listen on {host} without an API token: anyone who can reach this port "
-            f"could queue, cancel and retry runs. Set {TOKEN_ENV} (for example "
+        return (
+            f"refusing to listen on {host} without an API token: anyone who can reach this port could queue, "
+            f"cancel and retry runs. Set {TOKEN_ENV} (for example "
             f"`export {TOKEN_ENV}=$(python -c 'import secrets; print(secrets.token_urlsafe(32))')`) and send it as "
             f"`Authorization: Bearer <token>`, or serve on 127.0.0.1 (the default)."
         )
     if len(token) < 16:
         log.warning("%s is shorter than 16 characters; use a long random token on a reachable address", TOKEN_ENV)
+    return None
 
 
 def _authorized(header: str | None, token: str) -> bool:

@@ -78,11 +78,14 @@ def _cpu_name() -> str:
 class LocalExecutor:
     """Starts, signals and polls job subprocesses on this machine."""
 
+    host_bound = True  # its jobs use this machine's cores: other workers' jobs on the host take slots away
+
     def __init__(self, *, db_url: str, data_dir: Path, log_dir: Path, cpu_slots: int, cpu_count: int,
                  devices: list[dict[str, Any]]) -> None:
         self.db_url = db_url
         self.data_dir = data_dir
         self.log_dir = log_dir
+        self.devices = devices
         gpus = [d for d in devices if d["kind"] == "gpu"]
         if gpus:
             threads = max(1, cpu_count // len(gpus))
@@ -93,7 +96,7 @@ class LocalExecutor:
         self.slot_kind = self.slots[0].kind
 
     def start(self, *, run_id: int, attempt: int, slot: Slot) -> JobHandle:
-        env = dict(os.environ)
+        env = {k: v for k, v in os.environ.items() if k != "MEFTS_API_TOKEN"}  # a job needs no API token
         env.update({
             "DATABASE_URL": self.db_url,
             "MEFTS_DATA_DIR": str(self.data_dir),
@@ -121,9 +124,22 @@ class LocalExecutor:
         log.info("run %d attempt %d: started pid %d on %s", run_id, attempt, process.pid, slot.name)
         return JobHandle(run_id=run_id, attempt=attempt, slot=slot, process=process, log_path=log_path)
 
+    def refresh(self) -> list[dict[str, Any]]:
+        """The devices this executor runs on (fixed for a machine)."""
+        return self.devices
+
     @staticmethod
     def poll(handle: JobHandle) -> int | None:
         return handle.process.poll()
+
+    @staticmethod
+    def wait(handle: JobHandle, timeout: float | None) -> bool:
+        """Wait up to `timeout` seconds (None: for ever) for the job to end. Returns whether it ended."""
+        try:
+            handle.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return False
+        return True
 
     @staticmethod
     def signal(handle: JobHandle, sig: signal.Signals) -> None:
