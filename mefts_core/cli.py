@@ -99,7 +99,7 @@ def _add_run_args(p: argparse.ArgumentParser, sweep: bool) -> None:
 
 
 def add_core_commands(subparsers: Any) -> None:
-    """Add `train` and `sweep` to an argparse subparsers object."""
+    """Add `train`, `sweep` and `bench` to an argparse subparsers object."""
     p = subparsers.add_parser("train", help="fine-tune one backbone with one method on one task",
                               description="Fine-tune a backbone with a method on a task; writes a result JSON.")
     _add_run_args(p, sweep=False)
@@ -109,6 +109,9 @@ def add_core_commands(subparsers: Any) -> None:
                                           "or a subset of it; writes all runs and the best by dev score.")
     _add_run_args(s, sweep=True)
     s.set_defaults(func=cmd_sweep)
+    from mefts_core.bench import add_bench_command
+
+    add_bench_command(subparsers)
 
 
 # ------------------------------------------------------------------------------------------ building configs
