@@ -213,7 +213,7 @@ def _layer(s: _Shape, t: _Train, x_rg: bool) -> dict[str, Any]:
 
     The forward transient is what is alive but not saved when the top layer's LayerNorm 2 runs: the layer input and
     LayerNorm 1's output (when nothing saves them), the GELU output (an argument of the output sub-block until it
-    returns), a series adapter's sum, and the new output."""
+    returns), the FFN's dropped output (or a series adapter's sum), and the new output."""
     a, a_rg = _attn_saved(s, t, x_rg)
     f, f_rg = _ffn_saved(s, t, a_rg)
     x_saved = a.pop("x", 0.0)
@@ -222,8 +222,8 @@ def _layer(s: _Shape, t: _Train, x_rg: bool) -> dict[str, Any]:
     ffn_in_saved = sum(f.values()) + ln1_out
     transient = max(_ffn_transient(s, t, f), _attn_transient(s) - ffn_in_saved)
     forward = ((0 if x_saved else s.nd()) + (0 if ln1_out else s.nd()) + s.nd()
-               + (0 if "gelu_out" in f else s.n * s.I * s.e) + (s.nd() if t.ffn_adapter and t.ffn_mode == "series"
-                                                                 else 0))
+               + (0 if "gelu_out" in f else s.n * s.I * s.e)
+               + s.nd())  # the FFN's dropped output (a series adapter saves it, but then its sum is alive)
     return {"saved": saved, "x_saved": x_saved, "transient": transient, "forward": forward, "out_rg": f_rg}
 
 
@@ -410,8 +410,8 @@ def estimate_memory(backbone: str, method: str, batch_size: int, seq_len: int, l
     if meft:
         # by the time the reversible backward runs, the upper layers, merge and head have been freed
         act_peak = max(act_peak, terms["embeddings"] + m["stored"] + m["working"])
-    if method == "full":  # the dense word-embedding gradient at the end of backward
-        act_peak = max(act_peak, terms["embeddings"] + cfg.vocab_size * s.d * e + s.nd(2))
+    if method == "full":  # the dense word-embedding gradient at the end of backward, beside the incoming grad
+        act_peak = max(act_peak, cfg.vocab_size * s.d * e + s.nd())
 
     static = param_bytes + buffer_bytes + batch_bytes + trainable_bytes + optimizer_bytes
     return {
