@@ -687,6 +687,7 @@ def fits_in_budget(backbone: str, methods: Iterable[str], budgets_gib: Iterable[
             row = {"backbone": backbone, "method": method, "layers": layers, "seq_len": seq_len,
                    "batch_size": batch_size, "budget_gib": gib, "max_batch": fit.max_batch(seq_len, budget),
                    "max_seq_len": fit.max_seq(batch_size, budget), "how": "estimate: fit of measured steps",
+                   "max_batch_analytic": _analytic_max_batch(backbone, method, seq_len, budget, layers, dtype, dev),
                    "fit": fit.to_dict(), "device": str(dev)}
             if dev.type == "cuda" and budget <= torch.cuda.get_device_properties(dev).total_memory:
                 row["max_batch"] = search_max_batch(backbone, method, seq_len=seq_len, budget_bytes=budget,
@@ -696,12 +697,25 @@ def fits_in_budget(backbone: str, methods: Iterable[str], budgets_gib: Iterable[
     return out
 
 
+def _analytic_max_batch(backbone: str, method: str, seq_len: int, budget: int, layers: int | None, dtype: str,
+                        device: torch.device) -> int | None:
+    from mefts_core.estimate import max_batch_estimate
+
+    base, options = parse_method(method)
+    try:
+        return max_batch_estimate(backbone, base, seq_len, budget, layers, options, dtype=dtype, device=device.type)
+    except NotImplementedError:
+        return None
+
+
 def fits_table(rows: Iterable[dict[str, Any]]) -> str:
-    head = ["backbone", "method", "L", "budget GiB", "max batch @ T", "max seq @ B", "how"]
+    head = ["backbone", "method", "L", "budget GiB", "max batch @ T", "(analytic estimate)", "max seq @ B", "how"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
+        ana = r.get("max_batch_analytic")
         lines.append(f"| {r['backbone']} | {r['method']} | {r['layers'] or '-'} | {r['budget_gib']:g} | "
-                     f"{r['max_batch']:,} @ {r['seq_len']} | {r['max_seq_len']:,} @ {r['batch_size']} | {r['how']} |")
+                     f"{r['max_batch']:,} @ {r['seq_len']} | {'-' if ana is None else f'{ana:,}'} | "
+                     f"{r['max_seq_len']:,} @ {r['batch_size']} | {r['how']} |")
     return "\n".join(lines)
 
 
@@ -750,6 +764,7 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
     f.add_argument("--fits", type=_list(float), default=None, metavar="GIB,...",
                    help="also report the largest batch / sequence each method fits in these budgets (GiB)")
     f.add_argument("--fits-output", default=None, help="write the fits-in-budget rows here (JSON)")
+    f.add_argument("--fits-only", action="store_true", help="with --fits: skip the grid's rows")
     o = p.add_argument_group("output")
     o.add_argument("--format", choices=["md", "csv", "json"], default=None,
                    help="format of --output (default: from its extension), or of stdout without --output")
@@ -791,7 +806,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                                     seq_lens=args.seq_lens, batch_sizes=args.batch_sizes, dtype=args.dtype,
                                     device=args.device, warmup=args.warmup, repeats=args.repeats, seed=args.seed,
                                     estimate=False if args.no_estimate else None)
-            rows = run_bench(grid, sink=sink if out else None, progress=not args.no_progress)
+            rows = [] if args.fits_only else run_bench(grid, sink=sink if out else None, progress=not args.no_progress)
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -800,14 +815,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
         log.info("wrote %d rows to %s", len(rows), out)
     if args.format and not args.output:
         sys.stdout.write(format_rows(rows, args.format))
-    else:
+    elif rows:
         print(summary_table(rows))
     if args.fits and grid is not None:
         fits = [f for b in grid.backbones if known_backbone(b) for n in grid.layers
                 for f in fits_in_budget(b, grid.methods, args.fits, seq_len=grid.seq_lens[0],
                                         batch_size=grid.batch_sizes[0], layers=n, dtype=grid.dtype,
                                         device=grid.device, seed=grid.seed)]
-        print()
         print(fits_table(fits))
         if args.fits_output:
             Path(args.fits_output).write_text(json.dumps(fits, indent=2) + "\n")

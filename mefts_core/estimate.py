@@ -492,3 +492,20 @@ def fit_memory(points: list[dict[str, Any]]) -> MemoryFit:
     floor = max((p["peak_bytes"] - p["static_bytes"] for p in points
                  if p["peak_bytes"] - p["static_bytes"] > p["peak_activation_bytes"]), default=0.0)
     return MemoryFit(static=float(static), a=a, b=max(b, 0.0), c=c, floor=float(floor))
+
+
+def max_batch_estimate(backbone: str, method: str, seq_len: int, budget_bytes: float, layers: int | None = None,
+                       options: dict[str, Any] | None = None, *, limit: int = 1 << 20, **kw: Any) -> int:
+    """Largest batch whose estimated peak (estimate_memory, monotone in the batch) fits in the budget; 0 if none."""
+    def fits(b: int) -> bool:
+        return estimate_memory(backbone, method, b, seq_len, layers, options, **kw)["peak_bytes"] <= budget_bytes
+
+    if not fits(1):
+        return 0
+    lo, hi = 1, 2
+    while hi <= limit and fits(hi):
+        lo, hi = hi, 2 * hi
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    return lo
