@@ -5,7 +5,7 @@ without a token.
 `install(app, settings)` wires it into an app; `bind_refusal(host, settings)` is checked by `mefts serve`;
 `confine_path` / `confine_run_paths` are used by backend.runspec when a run is validated.
 
-- Token: with MEFTS_API_TOKEN set, every POST/PUT/PATCH/DELETE under /api needs `Authorization: Bearer <token>`
+- Token: with MEFTS_API_TOKEN set, every POST/PUT/PATCH/DELETE (under /api, or anywhere) needs `Authorization: Bearer <token>`
   (401 otherwise). Reads stay open. The token is compared in constant time and never logged or returned.
 - Guard: bodies over MEFTS_MAX_BODY_BYTES get 413 before the app reads them; JSON bodies with NaN/Infinity (not
   JSON) or lone UTF-16 surrogates (not Unicode) get 422, as they cannot be stored or echoed back.
@@ -45,7 +45,7 @@ TOKEN_ENV = "MEFTS_API_TOKEN"
 
 # ------------------------------------------------------------------------------------------------ rendering
 def _finite(value: Any) -> Any:
-    """JSON-safe copy: non-finite floats become null, lone surrogates become U+FFFD."""
+    """JSON-safe copy: non-finite floats become null, lone surrogates become "?"."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, str):
@@ -66,7 +66,7 @@ def _has_surrogate(text: str) -> bool:
 
 
 class SafeJSONResponse(JSONResponse):
-    """JSONResponse that never fails on NaN/Infinity (rendered as null) or a lone surrogate (as U+FFFD)."""
+    """JSONResponse that never fails on NaN/Infinity (rendered as null) or a lone surrogate (as "?")."""
 
     def render(self, content: Any) -> bytes:
         try:
@@ -126,7 +126,7 @@ def _authorized(header: str | None, token: str) -> bool:
 
 # ------------------------------------------------------------------------------------------------ request guard
 class RequestGuard:
-    """Pure ASGI middleware for /api: token on mutating methods, body size limit, JSON hygiene."""
+    """Pure ASGI middleware: token on mutating methods, body size limit, JSON hygiene (reads need no token)."""
 
     def __init__(self, app, *, token: str | None, max_body_bytes: int) -> None:
         self.app = app
@@ -134,7 +134,7 @@ class RequestGuard:
         self.max_body_bytes = max_body_bytes
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http" or not (scope["path"] == "/api" or scope["path"].startswith("/api/")):
+        if scope["type"] != "http":  # every HTTP path: "//api/runs" must not slip past a prefix check
             await self.app(scope, receive, send)
             return
         method = scope["method"].upper()
