@@ -568,25 +568,34 @@ def measure_points(backbone: str, method: str, points: Iterable[tuple[int, int]]
 
     The model is built once at the longest sequence and reused: only the batch changes between points.
     """
-    from mefts_core.memory import measure_step
-
     points = list(points)
-    device = torch.device(device)
-    model, _ = build_model(backbone, method, layers=layers, seq_len=max(t for _, t in points), dtype=dtype,
-                           device=device, seed=seed)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=0.0)
-    out = []
-    for b, t in points:
-        batch = make_batch(model.config, b, t, head=_head(backbone), seed=seed, device=device)
-        r = measure_step(model, batch, optimizer, warmup_steps=1)
-        out.append({"batch_size": b, "seq_len": t, "peak_bytes": r.peak_bytes,
-                    "peak_activation_bytes": r.peak_activation_bytes,
-                    "static_bytes": r.param_bytes + r.grad_bytes + r.optimizer_bytes})
-        del batch
-    del model, optimizer, trainable
-    _release(device)
-    return out
+    return _PointMeter(backbone, method, max(t for _, t in points), layers=layers, dtype=dtype, device=device,
+                       seed=seed).measure(points)
+
+
+class _PointMeter:
+    """One model (and AdamW) measured at several batch shapes."""
+
+    def __init__(self, backbone: str, method: str, seq_len: int, *, layers: int | None, dtype: str,
+                 device: torch.device | str, seed: int) -> None:
+        self.backbone, self.seed, self.device = backbone, seed, torch.device(device)
+        self.model, _ = build_model(backbone, method, layers=layers, seq_len=seq_len, dtype=dtype,
+                                    device=self.device, seed=seed)
+        self.optimizer = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad], lr=0.0)
+
+    def measure(self, points: Iterable[tuple[int, int]]) -> list[dict[str, Any]]:
+        from mefts_core.memory import measure_step
+
+        out = []
+        for b, t in points:
+            batch = make_batch(self.model.config, b, t, head=_head(self.backbone), seed=self.seed, device=self.device)
+            r = measure_step(self.model, batch, self.optimizer, warmup_steps=1)
+            out.append({"batch_size": b, "seq_len": t, "peak_bytes": r.peak_bytes,
+                        "peak_activation_bytes": r.peak_activation_bytes,
+                        "static_bytes": r.param_bytes + r.grad_bytes + r.optimizer_bytes})
+            del batch
+            _release(self.device)
+        return out
 
 
 def search_max_batch(backbone: str, method: str, *, seq_len: int, budget_bytes: int, layers: int | None = None,
@@ -651,9 +660,8 @@ def fit_from_measurements(backbone: str, method: str, *, seq_len: int, layers: i
     """
     from mefts_core.estimate import fit_memory
 
-    def measure(pairs: list[tuple[int, int]]) -> list[dict[str, Any]]:
-        return measure_points(backbone, method, pairs, layers=layers, dtype=dtype, device=device, seed=seed)
-
+    meter = _PointMeter(backbone, method, seq_len, layers=layers, dtype=dtype, device=device, seed=seed)
+    measure = meter.measure
     b = 1
     pts = measure([(1, seq_len), (2, seq_len)])
     first = pts[0]
@@ -662,6 +670,8 @@ def fit_from_measurements(backbone: str, method: str, *, seq_len: int, layers: i
         pts = [pts[-1], *measure([(2 * b, seq_len)])]
     half = max(8, seq_len // 2)
     pts.append(*measure([(2 * b * seq_len // half, half)]))  # as many tokens as (2B, T), half the keys each
+    del meter
+    _release(torch.device(device))
     fit = fit_memory(pts)
     fit.floor = max(fit.floor, first["peak_bytes"] - first["static_bytes"])
     return fit, pts if pts[0] is first else [first, *pts]

@@ -12,7 +12,7 @@ from mefts_core import bench
 from mefts_core.bench import COLUMNS, BenchGrid, format_rows, parse_method, parse_rows, run_bench
 
 TINY = dict(backbones=["tiny-bert"], methods=["lora", "meft1-exact"], layers=[1, 2], seq_lens=[16],
-            batch_sizes=[2], warmup=1, repeats=2)
+            batch_sizes=[2], warmup=0, repeats=2)
 
 
 @pytest.fixture(scope="module")
