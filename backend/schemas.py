@@ -31,6 +31,7 @@ Timestamp = Annotated[dt.datetime | None, PlainSerializer(iso_utc, return_type=s
 
 # Integers stored in 32-bit columns (PostgreSQL INTEGER) or used as row ids: larger ones are 422, not a 500.
 INT32_MAX = 2**31 - 1
+INT32_MIN = -(2**31)
 Priority = Annotated[int, Field(ge=-INT32_MAX, le=INT32_MAX, description="higher runs first")]
 TimeoutSeconds = Annotated[float, Field(gt=0, le=30 * 86400, description="wall-clock limit of the run's job in "
                                         "seconds; past it the job is killed and the run fails with "

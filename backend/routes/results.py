@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from backend import tables
 from backend.deps import SessionDep
 from backend.routes.runs import FiltersDep, _split
-from backend.schemas import INT32_MAX
+from backend.schemas import INT32_MAX, INT32_MIN
 from db import crud
 from db.models import RunStatus
 
@@ -54,7 +54,7 @@ class ResultFilters:
         task: Annotated[list[str] | None, Query()] = None,
         backbone: Annotated[list[str] | None, Query()] = None,
         method: Annotated[list[str] | None, Query()] = None,
-        sweep: Annotated[int | None, Query(le=INT32_MAX)] = None,
+        sweep: Annotated[int | None, Query(ge=INT32_MIN, le=INT32_MAX)] = None,
         select: Annotated[str, Query(pattern="^(best|all)$",
                                      description="best: the best config (by dev score) per method; all: every config")] = "best",
     ) -> None:

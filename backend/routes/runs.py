@@ -10,7 +10,16 @@ from sqlalchemy.orm import Session
 
 from backend import runspec
 from backend.deps import SessionDep, SettingsDep, wake_worker
-from backend.schemas import INT32_MAX, MetricSeries, RunCreate, RunDetail, RunEdits, RunList, parse_utc
+from backend.schemas import (
+    INT32_MAX,
+    INT32_MIN,
+    MetricSeries,
+    RunCreate,
+    RunDetail,
+    RunEdits,
+    RunList,
+    parse_utc,
+)
 from backend.settings import Settings
 from backend.views import metric_series, run_detail, run_summary
 from db import crud
@@ -19,7 +28,7 @@ from db.models import Run, RunStatus, utcnow
 router = APIRouter(prefix="/runs", tags=["runs"])
 
 RUN_NOT_FOUND = "Run not found"
-RunId = Annotated[int, Path(le=INT32_MAX, description="a run id")]
+RunId = Annotated[int, Path(ge=INT32_MIN, le=INT32_MAX, description="a run id")]
 
 
 def spec_error(err: runspec.SpecError) -> HTTPException:
@@ -87,7 +96,7 @@ class RunFilters:
         method: Annotated[list[str] | None, Query()] = None,
         backbone: Annotated[list[str] | None, Query()] = None,
         task: Annotated[list[str] | None, Query()] = None,
-        sweep_id: Annotated[int | None, Query(alias="sweep", le=INT32_MAX)] = None,
+        sweep_id: Annotated[int | None, Query(alias="sweep", ge=INT32_MIN, le=INT32_MAX)] = None,
         updated_since: Annotated[str | None, Query(description="ISO time; only runs changed after it")] = None,
     ) -> None:
         self.status = _split(status)

@@ -10,14 +10,14 @@ from fastapi import APIRouter, HTTPException, Path, Query, Request, status
 
 from backend.deps import SessionDep, SettingsDep, wake_worker
 from backend.routes.runs import validated_columns
-from backend.schemas import INT32_MAX, SweepCreate, SweepCreated, SweepOut
+from backend.schemas import INT32_MAX, INT32_MIN, SweepCreate, SweepCreated, SweepOut
 from db import crud
 from db.models import Sweep
 
 router = APIRouter(prefix="/sweeps", tags=["sweeps"])
 
 SWEEP_NOT_FOUND = "Sweep not found"
-SweepId = Annotated[int, Path(le=INT32_MAX, description="a sweep id")]
+SweepId = Annotated[int, Path(ge=INT32_MIN, le=INT32_MAX, description="a sweep id")]
 
 
 def _error(loc: list[Any], value: Any, msg: str) -> HTTPException:

@@ -16,7 +16,7 @@ from sqlalchemy import select, text
 
 from backend import runspec
 from backend.deps import SessionDep, SettingsDep
-from backend.schemas import INT32_MAX, Health, QueuedRunOut, SystemOut, WorkerOut, parse_utc
+from backend.schemas import INT32_MAX, INT32_MIN, Health, QueuedRunOut, SystemOut, WorkerOut, parse_utc
 from backend.views import run_event
 from backend.worker.executors.local import detect_devices
 from db import crud
@@ -141,7 +141,7 @@ async def events(
     The stream polls the runs table (one indexed query on updated_at per interval) and sends a comment every 15 s
     to keep proxies from closing it. Reconnecting with Last-Event-ID resumes where it left off.
     """
-    bad = [i for i in run or [] if not 0 <= i <= INT32_MAX]
+    bad = [i for i in run or [] if not INT32_MIN <= i <= INT32_MAX]
     if bad:
         raise HTTPException(status_code=422, detail=[{"type": "value_error", "loc": ["query", "run"], "input": bad[0],
                                                       "msg": f"run={bad[0]}: not a run id"}])
