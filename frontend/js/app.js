@@ -660,7 +660,9 @@
       return text && Number.isFinite(v) ? v : h ? h.default : null;
     }
 
+    let preflightSeq = 0;
     const preflight = debounce(guard(async () => {
+      const seq = ++preflightSeq;  // a slower, older check must not overwrite a newer one
       const box = $("preflight");
       const sweep = mode() === "sweep";
       const methods = sweep ? checked($("f-methods")) : [$("f-method").value];
@@ -677,6 +679,7 @@
         const runs = (await runsFor(backbone, method)).filter((r) => r.method_label === label);
         items.push(estimateItem(backbone, label, runs, B, T, budget));
       }
+      if (seq !== preflightSeq) return;
       box.replaceChildren(
         el("p", { class: "note" }, `At batch ${B}, sequence length ${T}. The API has no memory estimator yet, so this ` +
           "check uses only measured runs: memory grows with batch and sequence length, so a run at a smaller (or equal) " +

@@ -63,15 +63,16 @@ def finished_run(page, server, form_run) -> dict:
     """The form's run once it succeeded (waited for in the runs table, without reloading the page)."""
     page.goto(server.url + "/#/runs")
     page.evaluate("""(id) => { window.__noReload = true; window.__seen = []; window.__progress = false;
-        window.__watch = setInterval(() => {
+        window.__sample = () => {
             const tr = document.querySelector(`#runs-table tr[data-id="${id}"]`);
             if (!tr) return;
             if (window.__seen[window.__seen.length - 1] !== tr.dataset.status) window.__seen.push(tr.dataset.status);
             if (tr.querySelector('progress')) window.__progress = true;
-        }, 50); }""", form_run)
+        };
+        window.__watch = setInterval(window.__sample, 50); }""", form_run)
     badge = page.locator(f'#runs-table tr[data-id="{form_run}"] .badge')
     expect(badge).to_have_text("succeeded", timeout=150_000)
-    watch = page.evaluate("() => { clearInterval(window.__watch);"
+    watch = page.evaluate("() => { clearInterval(window.__watch); window.__sample();"
                           " return { noReload: window.__noReload === true, seen: window.__seen, progress: window.__progress }; }")
     return {"id": form_run, "watch": watch, "run": server.get(f"/api/runs/{form_run}")}
 
@@ -333,6 +334,7 @@ def test_preflight_memory_check(page, server):
     page.fill("#hp-batch_size", "64")
     page.fill("#hp-max_seq_len", "512")
     item = page.locator("#preflight li.estimate")
+    expect(item).to_have_count(1)  # one run, one estimate (a sweep shows one per method × backbone)
     expect(item).to_have_attribute("data-verdict", "no")
     expect(item).to_contain_text(f"run #{server.seeded['does_not_fit']}")
 
