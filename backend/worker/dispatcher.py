@@ -94,7 +94,7 @@ class Dispatcher:
         for run_id in wanted:
             handle = self.jobs.get(run_id)
             if handle is not None and handle.term_sent_at is None:
-                log.info("run %d: cancel requested; SIGTERM to process group %d", run_id, handle.pid)
+                log.info("run %d: cancel requested; stopping its job (pid %s)", run_id, handle.pid)
                 self.executor.signal(handle, signal.SIGTERM)
                 handle.term_sent_at = time.monotonic()
 
