@@ -354,6 +354,10 @@ def estimate_memory(backbone: str, method: str, batch_size: int, seq_len: int, l
     cfg = summary["config"]
     if cfg.model_type not in ("bert", "roberta"):
         raise NotImplementedError(f"no activation model for model_type={cfg.model_type!r} yet (BERT/RoBERTa only)")
+    if device == "cpu" and dtype != "float32":
+        # measured: CPU's SDPA math path and LayerNorm keep float32 intermediates for bfloat16/float16 inputs
+        raise NotImplementedError(f"dtype={dtype!r} on cpu: reduced-precision CPU kernels keep float32 "
+                                  "intermediates that this estimate does not model (float32 only on cpu)")
     e = _ELEMENT[dtype]
     attention = attention or ("fused" if device == "cuda" else "math")
     if attention not in ("math", "fused"):

@@ -60,6 +60,13 @@ def test_unknown_backbone_is_a_skipped_row_not_a_stand_in():
     assert rows[0]["peak_bytes"] is None and rows[0]["trainable_params"] is None
 
 
+def test_memory_only_rows_quote_no_step_time():
+    """repeats=0: the profiled step is not a timing (the profiler slows it), so no step time is reported."""
+    (row,) = run_bench(BenchGrid(**{**TINY, "methods": ["lora"], "layers": [1], "repeats": 0}), progress=False)
+    assert row["status"] == "ok" and row["peak_bytes"] > 0
+    assert (row["timed_steps"], row["step_seconds"], row["tokens_per_second"]) == (0, None, None)
+
+
 def test_method_labels():
     assert parse_method("lora+gc") == ("lora", {"gradient_checkpointing": True})
     assert parse_method("meft2-float") == ("meft2", {"recompute": "float", "error_budget": None})
