@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -61,6 +62,32 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def ray_start_command(args: argparse.Namespace) -> list[str]:
+    """`ray start --block ...` for a head node or a node joining `--address` (the same Ray the workers import)."""
+    ray_bin = Path(sys.executable).with_name("ray")
+    cmd = [str(ray_bin) if ray_bin.exists() else "ray", "start", "--block"]
+    if args.head:
+        cmd += ["--head", f"--port={args.port}", "--dashboard-host=0.0.0.0", "--ray-client-server-port=10001"]
+    else:
+        cmd += [f"--address={args.address}"]
+    if args.num_gpus is not None:
+        cmd += [f"--num-gpus={args.num_gpus}"]
+    if args.num_cpus is not None:
+        cmd += [f"--num-cpus={args.num_cpus}"]
+    return cmd + list(args.ray_args)
+
+
+def cmd_ray_node(args: argparse.Namespace) -> int:
+    if not args.head and not args.address:
+        log.error("mefts ray-node: give --head, or --address HOST:PORT of the head")
+        return 2
+    cmd = ray_start_command(args)
+    log.info("exec %s", " ".join(cmd))
+    sys.stdout.flush()
+    os.execvp(cmd[0], cmd)  # the container's main process becomes Ray's, so `docker stop` reaches it
+    return 0  # not reached
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from backend import tables
     from backend.routes.results import results_rows, runs_rows
@@ -110,6 +137,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-jobs", type=int, help="exit after starting this many jobs (and waiting for them)")
     _common(p)
     p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("ray-node", help="a Ray node for EXECUTOR=ray: the head (--head) or one joining it")
+    p.add_argument("--head", action="store_true", help="start the cluster's head node")
+    p.add_argument("--address", default=os.environ.get("RAY_HEAD_ADDRESS"),
+                   help="HOST:PORT of the head to join (default: $RAY_HEAD_ADDRESS)")
+    p.add_argument("--port", type=int, default=6379, help="the head's port (default: 6379)")
+    p.add_argument("--num-gpus", type=int, help="GPUs this node offers (default: what Ray detects)")
+    p.add_argument("--num-cpus", type=int, help="CPUs this node offers (default: what Ray detects)")
+    p.add_argument("ray_args", nargs="*", help="further `ray start` options, after --")
+    p.set_defaults(func=cmd_ray_node)
 
     p = sub.add_parser("export", help="write the results or runs table")
     p.add_argument("--what", choices=["results", "runs"], default="results")

@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 # names (MEFTS_HOST, MEFTS_WORKER_ID, MEFTS_DATA_DIR, paths) stay behind: the task may run on another node.
 FORWARD_PREFIXES = ("MEFTS_", "HF_", "TRANSFORMERS_", "TOKENIZERS_")
 NOT_FORWARDED = {"MEFTS_HOST", "MEFTS_WORKER_ID", "MEFTS_DATA_DIR", "MEFTS_EXECUTOR", "MEFTS_RAY_ADDRESS",
-                 "HF_HOME"}
+                 "MEFTS_API_TOKEN", "HF_HOME"}  # a job needs no API token
 
 
 def run_job_task(run_id: int, attempt: int, threads: int, slot: str, env: dict[str, str]) -> int:
@@ -85,9 +85,10 @@ class RayExecutor:
         if not ray.is_initialized():
             address = settings.ray_address or os.environ.get("RAY_ADDRESS")
             if address:
-                ray.init(address=address, namespace="mefts", log_to_driver=True)
+                # host:port joins through this machine's Ray node; ray://host:10001 is a Ray Client from anywhere
+                ray.init(address=address, namespace="mefts")
             else:  # no cluster named: a Ray of this machine, started here and stopped with the process
-                ray.init(namespace="mefts", include_dashboard=False, log_to_driver=True)
+                ray.init(namespace="mefts", include_dashboard=False)
         self._remote = ray.remote(run_job_task)
         self.slots: list[Slot] = []
         self.slot_kind = "cpu"
