@@ -219,3 +219,26 @@ class Worker(Base):
     slot_kind: Mapped[str] = mapped_column(String(16), default="cpu")  # cpu | gpu
     busy: Mapped[int] = mapped_column(Integer, default=0)
     stopped_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+
+
+class BenchRow(Base):
+    """One row of `mefts bench` (mefts_core.bench.COLUMNS), stored by `mefts bench-import`; `row` keeps all of it."""
+
+    __tablename__ = "bench_rows"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    backbone: Mapped[str] = mapped_column(String(500), index=True)
+    method: Mapped[str] = mapped_column(String(200), index=True)  # the label, e.g. "lora+gc", "meft1-exact"
+    options: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    layers: Mapped[int | None] = mapped_column(Integer)
+    seq_len: Mapped[int | None] = mapped_column(Integer)
+    batch_size: Mapped[int | None] = mapped_column(Integer)
+    dtype: Mapped[str | None] = mapped_column(String(32))
+    device: Mapped[str | None] = mapped_column(String(64))
+    status: Mapped[str | None] = mapped_column(String(32))
+    stored_activation_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    peak_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    peak_activation_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    step_seconds: Mapped[float | None] = mapped_column(Float)
+    row: Mapped[dict[str, Any]] = mapped_column(JSON)
