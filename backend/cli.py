@@ -113,6 +113,28 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_import(args: argparse.Namespace) -> int:
+    from db.bench import add_bench_rows
+    from db.session import make_engine, make_sessionmaker, session_scope, upgrade_database
+    from mefts_core.bench import load_rows
+
+    settings = _settings(args)
+    rows = []
+    for path in args.files:
+        try:
+            got = load_rows(path)
+        except (OSError, ValueError) as e:
+            log.error("%s: %s", path, e)
+            return 2
+        rows.extend(r for r in got if args.all or r.get("status") in (None, "", "ok"))
+    upgrade_database(settings.db_url)
+    with session_scope(make_sessionmaker(make_engine(settings.db_url))) as s:
+        stored = add_bench_rows(session=s, rows=rows)
+    log.info("stored %d bench rows from %d file(s)", len(stored), len(args.files))
+    print(f"stored {len(stored)} bench rows")
+    return 0
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", help="data directory (default: $MEFTS_DATA_DIR or ./data)")
     p.add_argument("--database-url", help="SQLAlchemy URL (default: $DATABASE_URL or SQLite in the data dir)")
@@ -156,6 +178,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--select", choices=["best", "all"], default="best", help="results: best config per method, or all")
     _common(p)
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("bench-import", help="store rows of `mefts bench --output` in the database (GET /api/bench)")
+    p.add_argument("files", nargs="+", metavar="FILE", help="bench outputs (.json, .csv or .md)")
+    p.add_argument("--all", action="store_true", help="also store skipped, failed and does-not-fit rows")
+    _common(p)
+    p.set_defaults(func=cmd_bench_import)
 
     try:
         from mefts_core.cli import add_core_commands
