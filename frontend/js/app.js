@@ -147,6 +147,32 @@
       $("cmp-task").replaceChildren(...tasks.map((t) => el("option", { value: t }, `${t} (${counts[t]})`)));
       if (tasks.includes(wanted)) $("cmp-task").value = wanted;
       await render();
+      await renderBench();
+    }
+
+    /** Memory vs depth / sequence length from GET /api/bench (rows stored by `mefts bench-import`). */
+    async function renderBench() {
+      const box = $("bench-curves");
+      const data = await Api.get("/api/bench");
+      const rows = data.rows || [];
+      if (!rows.length) { box.dataset.rendered = "empty"; return; }
+      if (!box.querySelector(".bench-chart")) {
+        box.classList.remove("empty-state");
+        box.replaceChildren(
+          el("p", { class: "note" }, "Peak memory of one training step measured by mefts bench (stored with mefts " +
+            "bench-import), one line per method and backbone at a fixed batch and other axis."),
+          el("div", { id: "bench-depth", class: "chart bench-chart", role: "img", "aria-label": "Peak memory against depth" }),
+          el("div", { id: "bench-seq", class: "chart bench-chart", role: "img", "aria-label": "Peak memory against sequence length" }),
+          el("p", { id: "bench-note", class: "note" }));
+      }
+      const nDepth = await Charts.benchCurves($("bench-depth"), rows, "layers");
+      const nSeq = await Charts.benchCurves($("bench-seq"), rows, "seq_len");
+      $("bench-depth").hidden = !nDepth;
+      $("bench-seq").hidden = !nSeq;
+      $("bench-note").textContent = `${rows.length} benchmark row${rows.length === 1 ? "" : "s"}; ` +
+        `${nDepth} depth curve${nDepth === 1 ? "" : "s"}, ${nSeq} sequence-length curve${nSeq === 1 ? "" : "s"}` +
+        (nDepth + nSeq ? "." : " (a curve needs two or more depths or lengths at otherwise equal settings).");
+      box.dataset.rendered = String(nDepth + nSeq);
     }
 
     async function render() {
@@ -660,6 +686,33 @@
       return text && Number.isFinite(v) ? v : h ? h.default : null;
     }
 
+    /** POST /api/estimate for one backbone × method at (B, T): {ok: estimate} or {error: the 422's reason}. */
+    const estimates = new Map();
+    async function estimateFor(backbone, method, B, T) {
+      const task = mode() === "sweep" ? (checked($("f-tasks"))[0] || $("f-task").value) : $("f-task").value;
+      const hp = {};
+      if (Number.isInteger(B) && B > 0) hp.batch_size = B;
+      if (Number.isInteger(T) && T > 0) hp.max_seq_len = T;
+      const bf16 = $("hp-bf16");
+      if (bf16 && bf16.checked) hp.bf16 = true;
+      const payload = { backbone, method, task, method_options: methodOptions(method), hyperparameters: hp };
+      const device = $("f-device").value;
+      if (device && device !== "auto") payload.device = device;
+      const key = JSON.stringify(payload);
+      const hit = estimates.get(key);
+      if (hit) return hit;
+      let out;
+      try {
+        out = { ok: await Api.post("/api/estimate", payload) };
+      } catch (e) {
+        if (!(e instanceof Api.ApiError) || e.status !== 422) throw e;
+        out = { error: Array.isArray(e.detail) ? e.detail.map((d) => d.msg).join("; ") : String(e.detail) };
+      }
+      if (estimates.size > 200) estimates.clear();
+      estimates.set(key, out);
+      return out;
+    }
+
     let preflightSeq = 0;
     const preflight = debounce(guard(async () => {
       const seq = ++preflightSeq;  // a slower, older check must not overwrite a newer one
@@ -676,19 +729,21 @@
       const items = [];
       for (const [backbone, method] of combos) {
         const label = methodLabel(method, methodOptions(method));
-        const runs = (await runsFor(backbone, method)).filter((r) => r.method_label === label);
-        items.push(estimateItem(backbone, label, runs, B, T, budget));
+        const [all, est] = await Promise.all([runsFor(backbone, method), estimateFor(backbone, method, B, T)]);
+        const runs = all.filter((r) => r.method_label === label);
+        items.push(estimateItem(backbone, label, runs, B, T, budget, est));
       }
       if (seq !== preflightSeq) return;
       box.replaceChildren(
-        el("p", { class: "note" }, `At batch ${B}, sequence length ${T}. The API has no memory estimator yet, so this ` +
-          "check uses only measured runs: memory grows with batch and sequence length, so a run at a smaller (or equal) " +
-          "batch and length gives a lower bound and one at a larger (or equal) batch and length an upper bound."),
+        el("p", { class: "note" }, `At batch ${B}, sequence length ${T}. The estimate is analytic (one AdamW step; ` +
+          "mefts_core.estimate). Measured runs, where there are any, come first: memory grows with batch and sequence " +
+          "length, so a run at a smaller (or equal) batch and length gives a lower bound and one at a larger (or equal) " +
+          "batch and length an upper bound."),
         el("ul", { class: "preflight-list" }, items),
         budgetText && !(budget > 0) ? el("p", { class: "field-error" }, "The budget must be a number of GiB > 0.") : "");
     }), 300);
 
-    function estimateItem(backbone, label, runs, B, T, budget) {
+    function estimateItem(backbone, label, runs, B, T, budget, est) {
       const peakRuns = runs.filter((r) => r.status === "succeeded" && r.peak_bytes);
       const exact = peakRuns.filter((r) => r.batch_size === B && r.max_seq_len === T).sort((a, b) => a.peak_bytes - b.peak_bytes);
       const lower = peakRuns.filter((r) => r.batch_size <= B && r.max_seq_len <= T).sort((a, b) => b.peak_bytes - a.peak_bytes)[0];
@@ -715,12 +770,23 @@
         if (lo !== null && lo > budget) verdict = "no";
         else if (hi !== null && hi <= budget) verdict = "yes";
       }
-      if (!lines.length) lines.push("no measured run with this backbone, method and options yet: no estimate");
+      const e = est && est.ok;
+      if (budget > 0 && verdict === "unknown" && e) verdict = e.peak_bytes <= budget ? "yes" : "no";
+      if (!lines.length) lines.push("no measured run with this backbone, method and options yet");
       const head = budget > 0 ? { yes: `fits in ${Api.fmtBytes(budget)}`, no: `will not fit in ${Api.fmtBytes(budget)}`,
         unknown: `cannot tell whether it fits in ${Api.fmtBytes(budget)}` }[verdict] : dnf ? "will not fit" : "";
       return el("li", { class: `estimate verdict-${budget > 0 || dnf ? verdict : "none"}`, "data-verdict": verdict },
         el("strong", {}, `${label} on ${backbone}`), head ? el("span", { class: "verdict" }, ` — ${head}`) : "",
-        el("div", { class: "sub" }, lines.join("; ")));
+        el("div", { class: "sub" }, lines.join("; ")),
+        e ? el("div", { class: "sub estimated", "data-peak": String(e.peak_bytes) },
+          `estimated peak ${Api.fmtBytes(e.peak_bytes)} = parameters ${Api.fmtBytes(e.param_bytes)} + gradients ` +
+          `${Api.fmtBytes(e.grad_bytes)} + optimizer ${Api.fmtBytes(e.optimizer_bytes)} + peak activations ` +
+          `${Api.fmtBytes(e.peak_activation_bytes)} (stored activations ${Api.fmtBytes(e.stored_activation_bytes)}) ` +
+          `on ${e.device}, ${e.dtype}`) : "",
+        est && est.error ? el("div", { class: "sub note estimated-none" }, `no estimate: ${est.error}`) : "",
+        e && budget > 0 && e.peak_bytes > budget
+          ? el("div", { class: "field-error estimate-warning", role: "alert" },
+            `The estimated peak ${Api.fmtBytes(e.peak_bytes)} exceeds the budget of ${Api.fmtBytes(budget)}.`) : "");
     }
 
     const gridSize = () => {

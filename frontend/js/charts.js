@@ -281,11 +281,49 @@ const Charts = (() => {
       legend: { orientation: "h", y: -0.3 } }, CONFIG);
   }
 
+  /** Memory of `mefts bench` rows (GET /api/bench) against `xKey` ("layers" or "seq_len"): one line per backbone ×
+      method at fixed other settings (the other axis, batch, dtype, device), drawn where it has two or more x values.
+      Resolves with the number of lines. */
+  async function benchCurves(div, rows, xKey) {
+    const Plotly = await ready();
+    const other = xKey === "layers" ? "seq_len" : "layers";
+    const groups = new Map();
+    for (const r of rows) {
+      if (r.status && r.status !== "ok") continue;
+      if (r.peak_bytes === null || r.peak_bytes === undefined || r[xKey] === null) continue;
+      const key = [r.backbone, r.method, r[other], r.batch_size, r.dtype, r.device].join("|");
+      if (!groups.has(key)) groups.set(key, []);
+      groups.get(key).push(r);
+    }
+    const lines = [...groups.values()].filter((g) => new Set(g.map((r) => r[xKey])).size >= 2);
+    const colors = colorMap([...new Set(lines.map((g) => g[0].method.split(/[-+(]/)[0]))]);
+    const MiB = 2 ** 20;
+    const traces = lines.map((g) => {
+      g.sort((a, b) => a[xKey] - b[xKey]);
+      const r0 = g[0];
+      const fixed = xKey === "layers" ? `T=${r0.seq_len}` : `L=${r0.layers}`;
+      return {
+        type: "scatter", mode: "lines+markers", name: `${r0.method} · ${r0.backbone} (${fixed}, B=${r0.batch_size})`,
+        x: g.map((r) => r[xKey]), y: g.map((r) => r.peak_bytes / MiB),
+        line: { color: colors[r0.method.split(/[-+(]/)[0]], dash: r0.method.includes("+gc") ? "dash" : "solid" },
+        customdata: g.map((r) => [(r.stored_activation_bytes || 0) / MiB, (r.peak_activation_bytes || 0) / MiB]),
+        hovertemplate: "%{fullData.name}<br>" + (xKey === "layers" ? "layers" : "seq len") +
+          " %{x}<br>peak %{y:.1f} MiB<br>peak act. %{customdata[1]:.1f} MiB<br>stored act. %{customdata[0]:.1f} MiB<extra></extra>",
+      };
+    });
+    await Plotly.react(div, traces, { ...BASE_LAYOUT, height: 320,
+      title: { text: `Peak memory vs ${xKey === "layers" ? "depth" : "sequence length"}`, font: { size: 13 } },
+      xaxis: { ...AXIS, title: { text: xKey === "layers" ? "layers" : "sequence length" } },
+      yaxis: { ...AXIS, title: { text: "peak (MiB)" }, rangemode: "tozero" },
+      legend: { orientation: "h", y: -0.3 } }, CONFIG);
+    return traces.length;
+  }
+
   async function resize(root) {
     const Plotly = await ready();
     root.querySelectorAll(".js-plotly-plot").forEach((el) => Plotly.Plots.resize(el));
   }
 
   return { ready, scatter, paretoFront, pivot, saving, lossCurves, metricCurves, memoryBar, memoryParts, fidelity,
-    resize, MEMORY, colorMap };
+    resize, MEMORY, colorMap, benchCurves };
 })();
