@@ -351,6 +351,43 @@ def test_preflight_memory_check(page, server):
     page.fill("#f-budget", f"{peak * 2:.2f}")
     expect(item).to_have_attribute("data-verdict", "yes")
 
+    # The analytic estimate (POST /api/estimate) with its parts, and a warning when it exceeds the budget.
+    est = server.post("/api/estimate", {"backbone": "bert-base", "method": "meft1", "task": "sst2",
+                                        "hyperparameters": {"batch_size": 16, "max_seq_len": 128}}).json()
+    estimated = item.locator(".estimated")
+    expect(estimated).to_contain_text("estimated peak")
+    expect(estimated).to_have_attribute("data-peak", str(est["peak_bytes"]))
+    for part in ("parameters", "gradients", "optimizer", "peak activations", "stored activations"):
+        expect(estimated).to_contain_text(part)
+    page.fill("#f-budget", f"{est['peak_bytes'] * 2 / GiB:.3f}")
+    expect(item.locator(".estimate-warning")).to_have_count(0)
+    page.fill("#f-budget", f"{est['peak_bytes'] * 0.5 / GiB:.3f}")
+    expect(item.locator(".estimate-warning")).to_contain_text("exceeds the budget")
+
+
+def test_bench_curves_from_stored_rows(page, server):
+    """Rows stored as `mefts bench-import` stores them (synthetic numbers, note "synthetic") draw the memory vs
+    depth and vs sequence-length curves of the compare view."""
+    from db.bench import add_bench_rows
+    from db.session import make_engine, make_sessionmaker, session_scope
+
+    rows = [{"backbone": "tiny-bert", "method": m, "options": "{}", "layers": n, "seq_len": t, "batch_size": 2,
+             "dtype": "float32", "device": "cpu", "status": "ok", "note": "synthetic",
+             "stored_activation_bytes": k * n * t * 1000, "peak_activation_bytes": k * n * t * 4000,
+             "peak_bytes": 10**7 + k * n * t * 4000, "step_seconds": None}
+            for m, k in (("full", 8), ("meft1-exact", 1)) for n, t in ((2, 32), (4, 32), (8, 32), (4, 64), (4, 128))]
+    engine = make_engine(server.db_url)
+    with session_scope(make_sessionmaker(engine)) as s:
+        add_bench_rows(session=s, rows=rows)
+    engine.dispose()
+    assert server.get("/api/bench", backbone="tiny-bert")["total"] >= len(rows)
+    page.goto(server.url + "/#/compare")
+    box = page.locator("#bench-curves")
+    expect(box).to_have_attribute("data-rendered", "4")  # 2 methods x (depth at T=32, length at L=4)
+    expect(page.locator("#bench-depth .trace")).to_have_count(2)
+    expect(page.locator("#bench-seq .trace")).to_have_count(2)
+    expect(page.locator("#bench-note")).to_contain_text("2 depth curves, 2 sequence-length curves")
+
 
 # ------------------------------------------------------------------------------------------------ run detail
 def test_run_detail(page, server, finished_run):
