@@ -89,7 +89,7 @@ class RayExecutor:
                 ray.init(address=address, namespace="mefts")
             else:  # no cluster named: a Ray of this machine, started here and stopped with the process
                 ray.init(namespace="mefts", include_dashboard=False)
-        self._remote = ray.remote(run_job_task)
+        self._remote = ray.remote(max_calls=1)(run_job_task)  # a fresh worker process per job, as locally
         self.slots: list[Slot] = []
         self.slot_kind = "cpu"
         self.devices: list[dict[str, Any]] = []
@@ -138,7 +138,7 @@ class RayExecutor:
             resources = {"num_cpus": self.cpus_per_job, "num_gpus": 0}
         env = {**self._env(), "OMP_NUM_THREADS": str(slot.threads), "MKL_NUM_THREADS": str(slot.threads)}
         ref = self._remote.options(
-            **resources, max_retries=0, retry_exceptions=False, max_calls=1, name=f"mefts-run-{run_id}-{attempt}",
+            **resources, max_retries=0, retry_exceptions=False, name=f"mefts-run-{run_id}-{attempt}",
         ).remote(run_id, attempt, slot.threads, slot.name, env)
         log.info("run %d attempt %d: submitted Ray task (%s) on %s", run_id, attempt,
                  ", ".join(f"{k}={v:g}" for k, v in resources.items()), slot.name)
