@@ -135,7 +135,7 @@ class Dispatcher:
                 config = dict(run.config or {})
             try:
                 handle = self.executor.start(run_id=run_id, attempt=attempt, slot=slot)
-            except OSError as e:
+            except Exception as e:  # OSError from a local start, any error of a Ray submission
                 with session_scope(self.factory) as s:
                     crud.requeue_or_fail(session=s, run_id=run_id, attempt=attempt, error=f"could not start the job: {e}")
                 log.exception("run %d: could not start the job", run_id)
