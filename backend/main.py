@@ -43,7 +43,7 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         upgrade_database(settings.db_url)
-        engine = make_engine(settings.db_url)
+        engine = make_engine(settings.db_url, **security.engine_options(settings.db_url))  # no pool wait: see there
         app.state.engine = engine
         app.state.sessionmaker = make_sessionmaker(engine)
         app.state.dispatcher = None

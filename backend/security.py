@@ -281,6 +281,24 @@ async def validation_exception(request: Request, exc: RequestValidationError) ->
     return _error(422, _finite(jsonable_encoder(exc.errors())))
 
 
+# ------------------------------------------------------------------------------------------------ pool
+def engine_options(url: str) -> dict[str, Any]:
+    """Connection pool options for the API's engine: a pool that never makes a request wait for a connection.
+
+    A sync endpoint holds its session's connection until its response is sent, and FastAPI validates the response
+    of a sync endpoint in the thread pool (40 threads). With a bounded pool (5 + 10), 40 requests can wait for a
+    connection while the requests holding all 15 wait for a thread to serialize their answer: every request stalls
+    for the pool timeout (30 s) and fails with 500. Unbounded overflow removes the wait; SQLite serialises writers
+    itself (busy_timeout), and a PostgreSQL server out of connections answers at once (503, Retry-After).
+    """
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:"):
+        return {}  # one shared in-memory connection (StaticPool/SingletonThreadPool): no pool to size
+    return {"pool_size": 20, "max_overflow": -1}
+
+
 # ------------------------------------------------------------------------------------------------ paths
 class PathNotAllowed(ValueError):
     pass

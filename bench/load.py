@@ -1,0 +1,259 @@
+"""Load on a real `mefts serve --no-worker` on 127.0.0.1: concurrent POSTs stored exactly once, GET /api/runs at
+10,000 runs, and the SSE stream with many clients.
+
+    .venv/bin/python bench/load.py [--posts 500] [--runs 10000] [--requests 200] [--concurrency 16]
+                                   [--sse-clients 50] [--sse-updates 20] [--time-limit 600]
+
+1. POST burst: `--posts` POST /api/runs at once (one asyncio task and connection each), every one with a unique
+   name; then every acknowledged id is checked in the database: stored exactly once, under its own name, nothing
+   lost, nothing duplicated.
+2. List: a fresh database filled with `--runs` runs shaped like real ones (bench/api_latency.py's `fill`), then
+   GET /api/runs (newest 50; a filtered, sorted page) one at a time and from `--concurrency` clients at once.
+3. SSE: `--sse-clients` clients on /api/events while `--sse-updates` runs are queued one by one (each queue is an
+   update every client must see): delivered share and delay from the POST's answer to each client's event.
+
+Every phase has a deadline; the script prints one table. Traffic stays on 127.0.0.1. With MEFTS_API_TOKEN set in
+the environment, the server is started with it and the POSTs send it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sqlite3
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from api_latency import fill, pct  # noqa: E402
+
+from tests.hardening.support import LoopbackServer  # noqa: E402
+
+RUN = {"backbone": "tiny-bert", "method": "full", "task": "sst2",
+       "hyperparameters": {"epochs": 1, "max_train_samples": 32, "max_eval_samples": 32, "batch_size": 8,
+                           "max_seq_len": 32}}
+
+
+def auth_headers() -> dict[str, str]:
+    token = os.environ.get("MEFTS_API_TOKEN")
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def _p(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    return pct(values, q) if len(values) > 1 else values[0]
+
+
+# ------------------------------------------------------------------------------------------------ 1. POST burst
+async def post_burst(url: str, n: int, *, prefix: str = "load", timeout: float = 120.0) -> dict:
+    """`n` concurrent POST /api/runs with names `{prefix}-{i}`. Returns answers and latencies."""
+    limits = httpx.Limits(max_connections=n, max_keepalive_connections=n)
+    results: list[tuple[str, int | None, int | None, float, str]] = []
+    start = asyncio.Event()
+
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=timeout, headers=auth_headers()) as http:
+        async def one(i: int) -> None:
+            name = f"{prefix}-{i}"
+            await start.wait()
+            t = time.perf_counter()
+            try:
+                r = await http.post("/api/runs", json={**RUN, "name": name})
+                rid = r.json().get("id") if r.status_code == 201 else None
+                results.append((name, r.status_code, rid, time.perf_counter() - t, "" if rid else r.text[:200]))
+            except httpx.HTTPError as e:
+                results.append((name, None, None, time.perf_counter() - t, f"{type(e).__name__}: {e}"))
+
+        tasks = [asyncio.create_task(one(i)) for i in range(n)]
+        await asyncio.sleep(0.2)
+        t0 = time.perf_counter()
+        start.set()
+        await asyncio.wait_for(asyncio.gather(*tasks), timeout)
+        wall = time.perf_counter() - t0
+    return {"results": results, "wall": wall}
+
+
+def check_stored_once(db_path: Path, results: list, prefix: str = "load") -> dict:
+    """Every acknowledged POST is in the runs table exactly once under its name; no name is stored twice."""
+    acked = {name: rid for name, status, rid, _, _ in results if status == 201}
+    with sqlite3.connect(db_path, timeout=30) as con:
+        rows = con.execute("SELECT id, name FROM runs WHERE name LIKE ?", (f"{prefix}-%",)).fetchall()
+    by_name: dict[str, list[int]] = {}
+    for rid, name in rows:
+        by_name.setdefault(name, []).append(rid)
+    ids = [rid for rid in acked.values()]
+    return {
+        "sent": len(results),
+        "acknowledged": len(acked),
+        "errors": [(name, status, err) for name, status, rid, _, err in results if status != 201],
+        "rows": len(rows),
+        "duplicate_ids": len(ids) - len(set(ids)),
+        "duplicate_names": sum(1 for v in by_name.values() if len(v) > 1),
+        "lost": [name for name, rid in acked.items() if by_name.get(name) != [rid]],
+        "unacknowledged_stored": sorted(set(by_name) - set(acked)),
+    }
+
+
+# ------------------------------------------------------------------------------------------------ 2. list
+async def list_latency(url: str, path: str, requests: int, concurrency: int) -> tuple[list[float], float]:
+    times: list[float] = []
+    queue = list(range(requests))
+    async with httpx.AsyncClient(base_url=url, timeout=60,
+                                 limits=httpx.Limits(max_connections=concurrency)) as http:
+        for _ in range(3):
+            assert (await http.get(path)).status_code == 200
+
+        async def worker() -> None:
+            while queue:
+                queue.pop()
+                t = time.perf_counter()
+                r = await http.get(path)
+                times.append((time.perf_counter() - t) * 1000)
+                assert r.status_code == 200, r.text
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        wall = time.perf_counter() - t0
+    return times, wall
+
+
+# ------------------------------------------------------------------------------------------------ 3. SSE
+async def sse_fanout(url: str, clients: int, updates: int, *, gap: float = 0.3, timeout: float = 120.0) -> dict:
+    """`clients` SSE readers; `updates` runs queued one at a time; which client saw which run, and when."""
+    seen: list[dict[int, float]] = [{} for _ in range(clients)]
+    connected = 0
+    stop = asyncio.Event()
+    limits = httpx.Limits(max_connections=clients + 4)
+    async with httpx.AsyncClient(base_url=url, timeout=httpx.Timeout(30, read=timeout), limits=limits) as http:
+        async def reader(k: int) -> None:
+            nonlocal connected
+            async with http.stream("GET", "/api/events") as r:
+                assert r.status_code == 200
+                async for line in r.aiter_lines():
+                    if line.startswith("retry:"):
+                        connected += 1
+                    elif line.startswith("data: "):
+                        seen[k].setdefault(json.loads(line[6:])["id"], time.perf_counter())
+                    if stop.is_set():
+                        return
+
+        readers = [asyncio.create_task(reader(k)) for k in range(clients)]
+        deadline = time.monotonic() + 60
+        while connected < clients and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(1.0)  # every stream has polled once: its cursor is set
+        posted: dict[int, float] = {}
+        async with httpx.AsyncClient(base_url=url, timeout=30, headers=auth_headers()) as poster:
+            for i in range(updates):
+                r = await poster.post("/api/runs", json={**RUN, "name": f"sse-{i}"})
+                assert r.status_code == 201, r.text
+                posted[r.json()["id"]] = time.perf_counter()
+                await asyncio.sleep(gap)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not all(set(posted) <= set(s) for s in seen):
+            await asyncio.sleep(0.2)
+        stop.set()
+        for t in readers:
+            t.cancel()
+        await asyncio.gather(*readers, return_exceptions=True)
+    delays = [(s[rid] - t) * 1000 for s in seen for rid, t in posted.items() if rid in s]
+    delivered = sum(1 for s in seen for rid in posted if rid in s)
+    return {"clients": clients, "connected": connected, "updates": updates, "delivered": delivered,
+            "expected": clients * updates, "delays": delays}
+
+
+# ------------------------------------------------------------------------------------------------ main
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--posts", type=int, default=500)
+    parser.add_argument("--runs", type=int, default=10_000)
+    parser.add_argument("--requests", type=int, default=200, help="list requests per measurement")
+    parser.add_argument("--concurrency", type=int, default=16, help="concurrent list clients")
+    parser.add_argument("--sse-clients", type=int, default=50)
+    parser.add_argument("--sse-updates", type=int, default=20)
+    parser.add_argument("--time-limit", type=float, default=600, help="seconds for the whole script")
+    args = parser.parse_args()
+    deadline = time.monotonic() + args.time_limit
+    left = lambda: max(10.0, deadline - time.monotonic())  # noqa: E731
+    env = {k: v for k, v in os.environ.items() if k == "MEFTS_API_TOKEN"}
+    rows: list[tuple[str, str, str]] = []
+    ok = True
+
+    with tempfile.TemporaryDirectory(prefix="mefts-load-") as tmp:
+        # 1. POST burst on an empty database
+        with LoopbackServer(Path(tmp) / "posts", env=env, log_level="WARNING") as server:
+            out = asyncio.run(post_burst(server.url, args.posts, timeout=left()))
+            check = check_stored_once(server.db_path, out["results"])
+        lat = [r[3] * 1000 for r in out["results"] if r[1] == 201]
+        exact = (check["acknowledged"] == args.posts and not check["lost"] and not check["duplicate_ids"]
+                 and not check["duplicate_names"] and check["rows"] == args.posts)
+        ok &= exact
+        rows += [
+            (f"{args.posts} concurrent POST /api/runs", "acknowledged (201) / stored rows",
+             f"{check['acknowledged']} / {check['rows']}"),
+            ("", "lost / duplicated / errors",
+             f"{len(check['lost'])} / {check['duplicate_ids'] + check['duplicate_names']} / {len(check['errors'])}"),
+            ("", "wall time, throughput", f"{out['wall']:.1f} s, {len(lat) / out['wall']:.0f} POST/s"),
+            ("", "latency p50 / p95 / max", f"{_p(lat, 50):.0f} / {_p(lat, 95):.0f} / {max(lat, default=0):.0f} ms"),
+        ]
+        for name, status, err in check["errors"][:5]:
+            print(f"  error: {name}: {status} {err}", file=sys.stderr)
+
+        # 2 and 3. a database with --runs runs
+        data = Path(tmp) / "list"
+        data.mkdir()
+        url = f"sqlite:///{data / 'mefts.db'}"
+        from db.session import upgrade_database
+
+        t = time.perf_counter()
+        upgrade_database(url)
+        fill(url, args.runs)
+        filled = time.perf_counter() - t
+        with LoopbackServer(data, env=env, log_level="WARNING") as server:
+            for label, path in (("newest 50", "/api/runs?limit=50"),
+                                ("status+method filter, sort -score", "/api/runs?limit=50&status=succeeded&method=lora"
+                                                                      "&sort=-score")):
+                for conc in (1, args.concurrency):
+                    times, wall = asyncio.run(list_latency(server.url, path, args.requests, conc))
+                    rows.append((f"GET /api/runs, {args.runs} runs: {label}" if conc == 1 else "",
+                                 f"{conc} client{'s' if conc > 1 else ''}: p50 / p95 (req/s)",
+                                 f"{_p(times, 50):.1f} / {_p(times, 95):.1f} ms ({len(times) / wall:.0f}/s)"))
+            sse = asyncio.run(sse_fanout(server.url, args.sse_clients, args.sse_updates, timeout=left()))
+        ok &= sse["delivered"] == sse["expected"]
+        d = sse["delays"]
+        rows += [
+            (f"SSE /api/events, {sse['clients']} clients", "connected",
+             f"{sse['connected']} / {sse['clients']}"),
+            ("", f"updates delivered ({sse['updates']} runs queued)",
+             f"{sse['delivered']} / {sse['expected']}"),
+            ("", "delay POST answer -> event p50 / p95 / max",
+             f"{_p(d, 50):.0f} / {_p(d, 95):.0f} / {max(d, default=0):.0f} ms"),
+        ]
+
+    cpu = ""
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    print(f"\nmefts load, uvicorn (1 process) + SQLite WAL on 127.0.0.1, {os.cpu_count()} cores ({cpu}); "
+          f"{args.runs} runs filled in {filled:.1f} s; SSE polls every 1 s (MEFTS_EVENTS_POLL_SECONDS)")
+    w0 = max(len(r[0]) for r in rows)
+    w1 = max(len(r[1]) for r in rows)
+    print(f"{'load':<{w0}}  {'measure':<{w1}}  value")
+    for a, b, c in rows:
+        print(f"{a:<{w0}}  {b:<{w1}}  {c}")
+    print("\nall POSTs stored exactly once and every SSE client got every update" if ok else "\nFAILED (see above)")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,30 @@
+"""Concurrent POSTs are each stored exactly once (bench/load.py runs the same check with 500 and prints figures)."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import os
+
+from .support import REPO, LoopbackServer
+
+TOKEN = "load-test-token-0123456789abcdef"
+
+
+def _load_module():
+    spec = importlib.util.spec_from_file_location("mefts_bench_load", REPO / "bench" / "load.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_100_concurrent_posts_are_each_stored_exactly_once(tmp_path, monkeypatch):
+    load = _load_module()
+    monkeypatch.setenv("MEFTS_API_TOKEN", TOKEN)  # the POSTs carry it
+    with LoopbackServer(tmp_path, env={"MEFTS_API_TOKEN": TOKEN}, log_level="WARNING") as server:
+        out = asyncio.run(load.post_burst(server.url, 100, timeout=120))
+        check = load.check_stored_once(server.db_path, out["results"])
+    assert check["errors"] == [] and check["acknowledged"] == 100, check["errors"][:3]
+    assert check["rows"] == 100 and check["lost"] == [] and check["unacknowledged_stored"] == []
+    assert check["duplicate_ids"] == 0 and check["duplicate_names"] == 0
+    assert os.environ["MEFTS_API_TOKEN"] == TOKEN
