@@ -25,7 +25,7 @@ def _add_runs(factory, n: int) -> list[int]:
 def test_migration_creates_schema_and_sqlite_pragmas(db_url):
     engine = make_engine(db_url)
     tables = set(inspect(engine).get_table_names())
-    assert {"runs", "metric_points", "memory_reports", "sweeps", "workers", "alembic_version"} <= tables
+    assert {"runs", "metric_points", "memory_reports", "sweeps", "workers", "bench_rows", "alembic_version"} <= tables
     indexes = {ix["name"] for ix in inspect(engine).get_indexes("runs")}
     assert {"ix_runs_claim", "ix_runs_status", "ix_runs_method", "ix_runs_updated_at"} <= indexes
     with engine.connect() as c:
@@ -33,7 +33,7 @@ def test_migration_creates_schema_and_sqlite_pragmas(db_url):
             assert c.execute(text("PRAGMA journal_mode")).scalar() == "wal"
             assert c.execute(text("PRAGMA foreign_keys")).scalar() == 1
             assert c.execute(text("PRAGMA busy_timeout")).scalar() >= 1000
-        assert c.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0002"
+        assert c.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0003"
 
 
 def _claim_all(url: str, worker: str, out) -> None:

@@ -67,7 +67,7 @@ def test_workers_starting_together_migrate_a_fresh_database_once(pg_url):
     assert [p.exitcode for p in procs] == [0, 0, 0, 0]
     engine = make_engine(pg_url)
     with engine.connect() as c:
-        assert c.execute(text("SELECT version_num FROM alembic_version")).scalars().all() == ["0002"]
+        assert c.execute(text("SELECT version_num FROM alembic_version")).scalars().all() == ["0003"]
     engine.dispose()
 
 
