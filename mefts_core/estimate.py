@@ -336,7 +336,8 @@ def estimate_memory(backbone: str, method: str, batch_size: int, seq_len: int, l
 
     Returns:
         dict of bytes: param_bytes, buffer_bytes, batch_bytes, grad_bytes, optimizer_bytes, stored_activation_bytes,
-        activation_bytes (the peak rise over forward+backward), optimizer_step_bytes (AdamW's transient),
+        activation_bytes (the peak rise over forward+backward; also as peak_activation_bytes, MemoryReport's name),
+        optimizer_step_bytes (AdamW's transient),
         peak_bytes; and trainable_params, total_params, and `terms` (the named parts of the activation count).
 
     Raises:
@@ -422,6 +423,7 @@ def estimate_memory(backbone: str, method: str, batch_size: int, seq_len: int, l
         "param_bytes": param_bytes, "buffer_bytes": buffer_bytes, "batch_bytes": batch_bytes,
         "grad_bytes": trainable_bytes, "optimizer_bytes": optimizer_bytes,
         "stored_activation_bytes": int(stored), "activation_bytes": int(act_peak),
+        "peak_activation_bytes": int(act_peak),  # the same, named as in memory.MemoryReport
         "optimizer_step_bytes": int(opt_step), "peak_bytes": int(static + max(act_peak, opt_step)),
         "trainable_params": summary["trainable_params"], "total_params": summary["total_params"],
         "attention": attention, "terms": {k: int(v) for k, v in terms.items()},
