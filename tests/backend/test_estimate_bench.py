@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from .conftest import FAST_ENV, REPO
+from .conftest import DATABASES, FAST_ENV, REPO
 
 
 def _run(method: str, **hp) -> dict:
@@ -63,6 +63,7 @@ def test_unsupported_estimate_is_422_with_the_reason(client):
     assert detail["loc"] == ["body", "hyperparameters", "bf16"] and "cpu" in detail["msg"]
 
 
+@pytest.mark.parametrize("db_backend", DATABASES, indirect=True)  # SQLite and PostgreSQL
 def test_bench_rows_import_and_list(client, settings, tmp_path):
     rows_file = tmp_path / "rows.json"
     env = {**os.environ, **FAST_ENV, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
