@@ -4,9 +4,9 @@
 unix socket in that folder, as the `postgres` user when the tests run as root (initdb refuses root). `pg_url` gives
 each test a database of its own. The server stops at the end of the session.
 
-Without the binaries (Debian package `postgresql`, found under /usr/lib/postgresql/*/bin; scripts/setup_system.sh
-installs it) the PostgreSQL tests are skipped, and the session's summary says so in a banner. MEFTS_REQUIRE_POSTGRES=1
-turns that skip into a failure.
+Without the binaries (Debian package `postgresql`, found under /usr/lib/postgresql/*/bin, or $MEFTS_PG_BIN;
+scripts/setup_system.sh installs it) the PostgreSQL tests are skipped, and the session's summary says so in a
+banner. MEFTS_REQUIRE_POSTGRES=1 turns that skip into a failure.
 """
 
 from __future__ import annotations
@@ -25,12 +25,16 @@ from pathlib import Path
 
 import pytest
 
+SKIP_PREFIX = "POSTGRESQL TESTS NOT RUN: "
 SKIPPED: list[str] = []  # why PostgreSQL tests were skipped, for the banner at the end
 _names = itertools.count(1)
 
 
 def pg_bin_dir() -> Path | None:
-    """The newest /usr/lib/postgresql/<version>/bin that has initdb and pg_ctl (else pg_ctl on PATH)."""
+    """$MEFTS_PG_BIN, else the newest /usr/lib/postgresql/<version>/bin with initdb and pg_ctl, else PATH's."""
+    if os.environ.get("MEFTS_PG_BIN"):
+        given = Path(os.environ["MEFTS_PG_BIN"])
+        return given if (given / "initdb").exists() and (given / "pg_ctl").exists() else None
     candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"),
                         key=lambda p: [int(x) if x.isdigit() else 0 for x in Path(p).parts[-3].split(".")])
     for initdb in reversed(candidates):
@@ -124,15 +128,15 @@ def _skip(reason: str):
     if os.environ.get("MEFTS_REQUIRE_POSTGRES") == "1":
         pytest.fail(f"MEFTS_REQUIRE_POSTGRES=1 but {reason}", pytrace=False)
     SKIPPED.append(reason)
-    pytest.skip(f"POSTGRESQL TESTS NOT RUN: {reason}")
+    pytest.skip(SKIP_PREFIX + reason)
 
 
 @pytest.fixture(scope="session")
 def postgres_server():
     bin_dir = pg_bin_dir()
     if bin_dir is None:
-        _skip("PostgreSQL is not installed (no /usr/lib/postgresql/*/bin/initdb); install the Debian package "
-              "`postgresql` (scripts/setup_system.sh does, as root)")
+        _skip("PostgreSQL is not installed (no initdb and pg_ctl in $MEFTS_PG_BIN, /usr/lib/postgresql/*/bin or "
+              "PATH); install the Debian package `postgresql` (scripts/setup_system.sh does, as root)")
     try:
         import psycopg  # noqa: F401
     except ImportError:
@@ -157,7 +161,8 @@ def pytest_terminal_summary(terminalreporter):
     if not SKIPPED:
         return
     tr = terminalreporter
+    n = sum(SKIP_PREFIX in str(r.longrepr) for r in tr.stats.get("skipped", []))
     tr.write_sep("!", "POSTGRESQL TESTS WERE SKIPPED", red=True, bold=True)
-    tr.write_line(f"{len(SKIPPED)} test(s) did not run against PostgreSQL: {SKIPPED[0]}", red=True, bold=True)
+    tr.write_line(f"{n} test(s) did not run against PostgreSQL: {SKIPPED[0]}", red=True, bold=True)
     tr.write_line("CI must run them: `bash scripts/setup_system.sh` as root installs PostgreSQL; "
                   "MEFTS_REQUIRE_POSTGRES=1 makes this a failure.", red=True, bold=True)
