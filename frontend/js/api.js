@@ -27,6 +27,30 @@ const Api = (() => {
     return s ? `?${s}` : "";
   }
 
+  // The API token (MEFTS_API_TOKEN), when the server has one: typed into #api-token, kept in localStorage and sent
+  // as a Bearer header. The field shows once a request is refused with 401 (or when a token is already stored).
+  const TOKEN_KEY = "mefts.apiToken";
+  const tokenField = () => document.getElementById("api-token");
+  function token() {
+    try { return localStorage.getItem(TOKEN_KEY) || ""; } catch (_) { return ""; }
+  }
+  function setToken(value) {
+    try { if (value) localStorage.setItem(TOKEN_KEY, value); else localStorage.removeItem(TOKEN_KEY); } catch (_) { /* private mode */ }
+  }
+  function showTokenField(focus) {
+    const el = tokenField();
+    if (!el) return;
+    el.hidden = false;
+    if (focus && !el.value) el.focus();
+  }
+  document.addEventListener("DOMContentLoaded", () => {
+    const el = tokenField();
+    if (!el) return;
+    el.value = token();
+    if (el.value) el.hidden = false;
+    el.addEventListener("change", () => setToken(el.value.trim()));
+  });
+
   async function request(method, path, { params, body } = {}) {
     const url = path + query(params);
     const init = { method, headers: { Accept: "application/json" } };
@@ -34,7 +58,10 @@ const Api = (() => {
       init.headers["Content-Type"] = "application/json";
       init.body = JSON.stringify(body);
     }
+    const auth = token();
+    if (auth) init.headers.Authorization = `Bearer ${auth}`;
     const res = await fetch(url, init);
+    if (res.status === 401) showTokenField(true);
     const type = res.headers.get("content-type") || "";
     const data = type.includes("json") ? await res.json() : await res.text();
     if (!res.ok) throw new ApiError(res.status, data && data.detail !== undefined ? data.detail : data, url);
