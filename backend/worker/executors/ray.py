@@ -100,7 +100,11 @@ class RayExecutor:
         """Re-read the cluster (nodes join and leave): the slots and the device inventory. Returns the inventory."""
         import ray
 
-        nodes = [n for n in ray.nodes() if n.get("Alive")]
+        try:
+            nodes = [n for n in ray.nodes() if n.get("Alive")]
+        except Exception as e:  # the head is unreachable for now: keep what we knew, and still heartbeat the queue
+            log.warning("could not read the Ray cluster's nodes: %s", e)
+            return self.devices
         devices: list[dict[str, Any]] = []
         total_cpu = total_gpu = 0.0
         for n in nodes:
