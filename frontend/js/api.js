@@ -31,6 +31,7 @@ const Api = (() => {
   // as a Bearer header. The field shows once a request is refused with 401 (or when a token is already stored).
   const TOKEN_KEY = "mefts.apiToken";
   const tokenField = () => document.getElementById("api-token");
+  const showBox = () => { const box = document.getElementById("api-token-box"); if (box) box.hidden = false; };
   function token() {
     try { return localStorage.getItem(TOKEN_KEY) || ""; } catch (_) { return ""; }
   }
@@ -40,14 +41,14 @@ const Api = (() => {
   function showTokenField(focus) {
     const el = tokenField();
     if (!el) return;
-    el.hidden = false;
+    showBox();
     if (focus && !el.value) el.focus();
   }
   document.addEventListener("DOMContentLoaded", () => {
     const el = tokenField();
     if (!el) return;
     el.value = token();
-    if (el.value) el.hidden = false;
+    if (el.value) showBox();
     el.addEventListener("change", () => setToken(el.value.trim()));
   });
 
