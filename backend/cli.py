@@ -27,16 +27,17 @@ def _settings(args: argparse.Namespace):
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from backend.main import create_app
     from backend.security import bind_refusal
 
     settings = _settings(args)
     refusal = bind_refusal(args.host, settings)
-    if refusal:
+    if refusal:  # before the heavy imports: a refusal is immediate
         log.error("mefts serve: %s", refusal)
         return 2
+    import uvicorn
+
+    from backend.main import create_app
+
     app = create_app(settings, start_worker=not args.no_worker)
     log.info("serving on http://%s:%d (worker: %s)", args.host, args.port, "off" if args.no_worker else "embedded")
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level.lower(), timeout_graceful_shutdown=5)
