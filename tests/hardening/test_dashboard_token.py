@@ -4,6 +4,7 @@ stays hidden."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import re
 from pathlib import Path
 
@@ -19,10 +20,19 @@ FORM = {"hp-epochs": "1", "hp-max_train_samples": "16", "hp-max_eval_samples": "
 
 def test_dashboard_sends_the_token_it_is_given(tmp_path):
     sync_api = pytest.importorskip("playwright.sync_api")
-    from tests.e2e.support import CHROMIUM, CHROMIUM_ARGS
+    from tests.e2e.support import CHROMIUM
 
     if not Path(CHROMIUM).exists():
         pytest.skip(f"no Chromium at {CHROMIUM}")
+    # In a thread of its own: the browser tests' session-wide Playwright keeps an event loop running in this one,
+    # and the sync API refuses to start inside a running loop.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pool.submit(_scenario, tmp_path, sync_api).result()
+
+
+def _scenario(tmp_path, sync_api):
+    from tests.e2e.support import CHROMIUM, CHROMIUM_ARGS
+
     with LoopbackServer(tmp_path / "data", env={"MEFTS_API_TOKEN": TOKEN}, log_level="WARNING") as server, \
             sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)

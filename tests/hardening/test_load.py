@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import importlib.util
 import os
 
@@ -22,7 +23,9 @@ def test_100_concurrent_posts_are_each_stored_exactly_once(tmp_path, monkeypatch
     load = _load_module()
     monkeypatch.setenv("MEFTS_API_TOKEN", TOKEN)  # the POSTs carry it
     with LoopbackServer(tmp_path, env={"MEFTS_API_TOKEN": TOKEN}, log_level="WARNING") as server:
-        out = asyncio.run(load.post_burst(server.url, 100, timeout=120))
+        # In a thread of its own: the browser tests' Playwright keeps an event loop running in this one.
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            out = pool.submit(asyncio.run, load.post_burst(server.url, 100, timeout=120)).result()
         check = load.check_stored_once(server.db_path, out["results"])
     assert check["errors"] == [] and check["acknowledged"] == 100, check["errors"][:3]
     assert check["rows"] == 100 and check["lost"] == [] and check["unacknowledged_stored"] == []
