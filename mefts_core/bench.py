@@ -413,6 +413,9 @@ def _add_estimate(row: Row) -> None:
     except NotImplementedError as e:
         log.info("no estimate for %s %s: %s", row["backbone"], row["method"], e)
         return
+    except Exception:  # the estimate is a column, not the measurement: never lose a measured row to it
+        log.exception("estimate failed for %s %s", row["backbone"], row["method"])
+        return
     row["estimated_peak_bytes"] = est["peak_bytes"]
     if row["status"] == "ok" and row["peak_bytes"]:
         row["estimate_error"] = (est["peak_bytes"] - row["peak_bytes"]) / row["peak_bytes"]
