@@ -414,7 +414,8 @@ def estimate_memory(backbone: str, method: str, batch_size: int, seq_len: int, l
         act_peak = stored + max(top["transient"], top["forward"] - terms["head"])
     if meft:
         # by the time the reversible backward runs, the upper layers, merge and head have been freed
-        act_peak = max(act_peak, terms["embeddings"] + m["stored"] + m["working"])
+        # + a new gradient for every block parameter, held by the Function until its backward returns
+        act_peak = max(act_peak, terms["embeddings"] + m["stored"] + m["working"] + trainable_bytes)
     if method == "full":  # the dense word-embedding gradient at the end of backward, beside the incoming grad
         act_peak = max(act_peak, cfg.vocab_size * s.d * e + s.nd())
 
