@@ -25,9 +25,9 @@ def _ok(rows):
     return [r for r in rows if r["status"] == "ok"]
 
 
-def ratios(rows) -> str:
+def ratios(rows, steps: bool = True) -> str:
     """Per (layers, seq, batch): each method's peak activation, stored activations and peak against full FT and
-    LoRA+gc."""
+    LoRA+gc (and step times against LoRA and LoRA+gc, unless `steps` is False)."""
     groups = defaultdict(dict)
     for r in _ok(rows):
         groups[(r["backbone"], r["layers"], r["seq_len"], r["batch_size"])][r["method"]] = r
@@ -35,14 +35,17 @@ def ratios(rows) -> str:
     for (bb, L, T, B), by in sorted(groups.items()):
         full, lgc = by.get("full"), by.get("lora+gc")
         out.append(f"\n{bb}, {L} layers, seq {T}, batch {B}\n")
-        out.append("| method | peak act / full | stored / full | peak / LoRA+gc peak | step / LoRA | step / LoRA+gc |")
-        out.append("|---|---|---|---|---|---|")
+        head = ["method", "peak act / full", "stored / full", "peak / LoRA+gc peak"]
+        head += ["step / LoRA", "step / LoRA+gc"] if steps else []
+        out.append("| " + " | ".join(head) + " |")
+        out.append("|" + "---|" * len(head))
         lora = by.get("lora")
         for m, r in by.items():
             def rel(key, ref, r=r):
                 return f"{r[key] / ref[key]:.3f}" if ref is not None and ref.get(key) and r.get(key) is not None else "-"
-            out.append(f"| {m} | {rel('peak_activation_bytes', full)} | {rel('stored_activation_bytes', full)} | "
-                       f"{rel('peak_bytes', lgc)} | {rel('step_seconds', lora)} | {rel('step_seconds', lgc)} |")
+            cells = [m, rel("peak_activation_bytes", full), rel("stored_activation_bytes", full), rel("peak_bytes", lgc)]
+            cells += [rel("step_seconds", lora), rel("step_seconds", lgc)] if steps else []
+            out.append("| " + " | ".join(cells) + " |")
     return "\n".join(out)
 
 
@@ -96,9 +99,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("what", choices=["table", "ratios", "depth", "curve"])
     p.add_argument("files", nargs="+")
     p.add_argument("--axis", default="seq_len", choices=["seq_len", "batch_size"])
+    p.add_argument("--no-steps", action="store_true", help="ratios: leave out the step-time columns")
     args = p.parse_args(argv)
     rows = reestimate([r for f in args.files for r in load_rows(f)])
-    text = {"table": lambda: summary_table(rows), "ratios": lambda: ratios(rows), "depth": lambda: depth(rows),
+    text = {"table": lambda: summary_table(rows), "ratios": lambda: ratios(rows, steps=not args.no_steps), "depth": lambda: depth(rows),
             "curve": lambda: curve(rows, args.axis)}[args.what]()
     print(text)
     return 0
