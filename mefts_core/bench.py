@@ -607,8 +607,8 @@ def search_max_batch(backbone: str, method: str, *, seq_len: int, budget_bytes: 
     """GPU ONLY: the largest batch whose training step fits in `budget_bytes`, by search with real OOM catching.
 
     The caching allocator is capped at the budget (torch.cuda.set_per_process_memory_fraction), then batches are
-    doubled until a step runs out of memory and bisected between the last fit and the first miss. Each probe runs
-    two full steps (so AdamW state and grads exist, as in training). Returns 0 when batch 1 does not fit.
+    doubled until a step runs out of memory and bisected between the last fit and the first miss. Each probe runs a
+    full step with AdamW's state and the grads allocated, as in training. Returns 0 when batch 1 does not fit.
     Not run in this repository's CI (no GPU there): bench/gpu.sh runs it on a lent card.
     """
     dev = torch.device(device)
@@ -628,7 +628,8 @@ def search_max_batch(backbone: str, method: str, *, seq_len: int, budget_bytes: 
         failed = False
         try:
             batch = make_batch(held["model"].config, b, seq_len, head=_head(backbone), seed=seed, device=dev)
-            timed_steps(held["model"], batch, held["optimizer"], 2, dev)
+            # the first probe's first step allocates AdamW's state and the grads; one step each after that
+            timed_steps(held["model"], batch, held["optimizer"], 1 if held["optimizer"].state else 2, dev)
             del batch
         except torch.OutOfMemoryError:
             failed = True
