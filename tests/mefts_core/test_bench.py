@@ -7,6 +7,7 @@ import json
 import math
 
 import pytest
+import torch
 
 from mefts_core import bench
 from mefts_core.bench import COLUMNS, BenchGrid, format_rows, parse_method, parse_rows, run_bench
@@ -107,3 +108,33 @@ def test_fits_in_budget_is_monotone_and_meft_fits_more_than_full():
     fit = bench.measure_points("tiny-bert", "full", [(f["max_batch"], 64)], layers=2)[0]
     assert fit["peak_bytes"] <= budgets[0] * 2**30 * 1.05
     assert not math.isnan(f["fit"]["b"])
+
+
+def test_gpu_batch_search_bisects_on_real_oom_exceptions(monkeypatch):
+    """search_max_batch's control flow, with CUDA replaced by stand-ins (no GPU here): a step raises
+    torch.OutOfMemoryError above a threshold batch; the search returns the threshold and restores the allocator cap."""
+    fractions, probes = [], []
+
+    class _Props:
+        total_memory = 80 * 2**30
+
+    def step(model, batch, optimizer, n, device):
+        probes.append(batch)
+        if batch > 37:
+            raise torch.OutOfMemoryError("CUDA out of memory (stand-in)")
+        return [0.0] * n
+
+    model = torch.nn.Linear(2, 2)
+    model.config = None
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda dev: _Props())
+    monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", lambda f, dev: fractions.append(f))
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    monkeypatch.setattr(bench, "build_model", lambda *a, **k: (model, ""))
+    monkeypatch.setattr(bench, "make_batch", lambda config, b, t, **k: b)
+    monkeypatch.setattr(bench, "timed_steps", step)
+    got = bench.search_max_batch("bert-base", "lora", seq_len=512, budget_bytes=24 * 2**30, device="cuda")
+    assert got == 37
+    assert probes[:7] == [1, 2, 4, 8, 16, 32, 64] and len(probes) <= 14
+    assert fractions == [pytest.approx(24 / 80), 1.0]
+    with pytest.raises(ValueError, match="needs CUDA"):
+        bench.search_max_batch("bert-base", "lora", seq_len=512, budget_bytes=1, device="cpu")
