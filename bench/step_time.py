@@ -9,9 +9,9 @@ forward, backward, AdamW step; no profiler) of every method in turn, after one u
 median seconds per method and the ratios of each method's median to the first method's, and of the per-round ratios'
 median (the robust one when the load changes between rounds), and each method's peak activation memory.
 
-A MEFT label with the suffix "+whole" (e.g. meft1-exact+whole) is an experiment, not a method: the reversible
-backward then recomputes each whole layer at once instead of one sub-block at a time (the engine's default), which
-trades a higher backward peak for one attention forward less per layer.
+A MEFT label may end in "-layer" (meft1-exact-layer: the option recompute_unit="layer"): the reversible backward
+then recomputes each whole layer at once instead of one sub-block at a time (the default), which trades a higher
+backward peak for one attention forward less per layer.
 """
 
 from __future__ import annotations
@@ -27,35 +27,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from torch import nn  # noqa: E402
-
 from mefts_core.bench import build_model, make_batch, timed_steps  # noqa: E402
 from mefts_core.memory import measure_step  # noqa: E402
-from mefts_core.methods import meft_stacks  # noqa: E402
 
 log = logging.getLogger("step_time")
-
-
-class _Whole(nn.Module):
-    """Hides a chain's `pieces`, so that the reversible backward recomputes it in one go."""
-
-    def __init__(self, chain: nn.Module) -> None:
-        super().__init__()
-        self.chain = chain
-
-    def forward(self, x, **ctx):
-        return self.chain(x, **ctx)
-
-
-def _build(label: str, args, device):
-    whole = label.endswith("+whole")
-    model, _ = build_model(args.backbone, label.removesuffix("+whole"), layers=args.layers, seq_len=args.seq_len,
-                           device=device)
-    if whole:
-        for stack in meft_stacks(model):
-            for block in stack.blocks:
-                block.f, block.g = (_Whole(m) if hasattr(m, "pieces") else m for m in (block.f, block.g))
-    return model
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     labels = [m.strip() for m in args.methods.split(",") if m.strip()]
     runs = {}
     for label in labels:
-        model = _build(label, args, device)
+        model, _ = build_model(args.backbone, label, layers=args.layers, seq_len=args.seq_len, device=device)
         batch = make_batch(model.config, args.batch_size, args.seq_len, device=device)
         opt = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=0.0)
         timed_steps(model, batch, opt, 1, device)  # warm-up: optimizer state, allocator, kernels
@@ -100,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         act = measure_step(*runs[label], warmup_steps=0).peak_activation_bytes
         summary[label] = {"median": statistics.median(t), "min": min(t), "max": max(t), "ratio": ratio,
                           "per_round_ratio": per_round, "times": t, "peak_activation_bytes": act}
-        print(f"| {label} | {statistics.median(t):.2f} | {min(t):.2f} | {max(t):.2f} | {ratio:.3f} | {per_round:.3f} "
+        print(f"| {label} | {statistics.median(t):.4f} | {min(t):.4f} | {max(t):.4f} | {ratio:.3f} | {per_round:.3f} "
               f"| {act / 2**20:,.1f} |")
     if args.output:
         Path(args.output).write_text(json.dumps({"args": vars(args), "timings": summary}, indent=2) + "\n")

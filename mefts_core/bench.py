@@ -105,7 +105,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 def parse_method(label: str) -> tuple[str, dict[str, Any]]:
     """"lora+gc" -> ("lora", {"gradient_checkpointing": True}); "meft1-float" -> ("meft1", {"recompute": "float",
-    "error_budget": None}); "meft2-ck4" -> ("meft2", {"recompute": "checkpoint_every=4", "error_budget": None}).
+    "error_budget": None}); "meft2-ck4" -> ("meft2", {"recompute": "checkpoint_every=4", "error_budget": None}); a MEFT label ending in
+    "-layer" ("meft1-exact-layer") adds {"recompute_unit": "layer"}.
 
     Raises ValueError naming the label when it is not a method with a known suffix.
     """
@@ -114,12 +115,15 @@ def parse_method(label: str) -> tuple[str, dict[str, Any]]:
         base, opts = base[:-3], {"gradient_checkpointing": True}
     if base.startswith(MEFT_METHODS) and "-" in base:
         base, mode = base.split("-", 1)
+        if mode.endswith("-layer"):
+            mode, opts = mode.removesuffix("-layer"), {"recompute_unit": "layer"}
         if mode == "float":
-            opts = {"recompute": "float", "error_budget": None}
+            opts |= {"recompute": "float", "error_budget": None}
         elif mode.startswith("ck") and mode[2:].isdigit() and int(mode[2:]) >= 1:
-            opts = {"recompute": f"checkpoint_every={int(mode[2:])}", "error_budget": None}
+            opts |= {"recompute": f"checkpoint_every={int(mode[2:])}", "error_budget": None}
         elif mode != "exact":
-            raise ValueError(f"method={label!r}: unknown MEFT mode {mode!r}; use -exact, -float or -ckK")
+            raise ValueError(f"method={label!r}: unknown MEFT mode {mode!r}; use -exact, -float or -ckK, "
+                             "optionally followed by -layer")
     if base not in METHODS or (base in MEFT_METHODS and opts.get("gradient_checkpointing")):
         raise ValueError(f"method={label!r}: expected one of {', '.join(METHODS)} with an optional +gc "
                          "(non-MEFT) or -exact/-float/-ckK (MEFT) suffix")
@@ -614,6 +618,8 @@ def search_max_batch(backbone: str, method: str, *, seq_len: int, budget_bytes: 
     dev = torch.device(device)
     if dev.type != "cuda":
         raise ValueError(f"device={device!r}: search_max_batch needs CUDA; elsewhere use fits_in_budget's fit")
+    if dev.index is None:  # set_per_process_memory_fraction needs an index
+        dev = torch.device("cuda", torch.cuda.current_device())
     total = torch.cuda.get_device_properties(dev).total_memory
     if budget_bytes > total:
         raise ValueError(f"budget_bytes={budget_bytes}: larger than this card's {total} bytes")

@@ -79,6 +79,7 @@ class AdapterOptions:
 
 
 MERGES = ("gated", "average")
+RECOMPUTE_UNITS = ("sublayer", "layer")
 # The paper's per-variant defaults (meft-spec.md §2.1-2.3).
 MEFT_DEFAULTS = {"meft1": (0.1, 1.0), "meft2": (1.0, 0.1), "meft3": (0.1, 0.1)}
 
@@ -107,6 +108,11 @@ class MeftOptions:
         default="exact",
         metadata={"help": "exact (bit-exact fixed-point inverse), float (the paper's arithmetic), or checkpoint_every=k"},
     )
+    recompute_unit: str = field(
+        default="sublayer",
+        metadata={"help": "sublayer: backward recomputes a layer one sub-block at a time (lower peak); layer: the "
+                          "whole layer at once (one attention forward less per layer: faster, higher peak)"},
+    )
     seed: int = field(default=0, metadata={"help": "seed of the dropout RNG replayed in backward"})
     error_budget: float | None = field(
         default=1e-2,
@@ -132,6 +138,8 @@ class MeftOptions:
                 "must be an integer >= 0",
             )
         _ = self.checkpoint_every  # validates recompute
+        _check(self.recompute_unit in RECOMPUTE_UNITS, "recompute_unit", self.recompute_unit,
+               f"must be one of {RECOMPUTE_UNITS}")
         if self.error_budget is not None:
             _check(isinstance(self.error_budget, int | float) and self.error_budget > 0, "error_budget",
                    self.error_budget, "must be > 0 or None")

@@ -32,10 +32,10 @@ class FloatArith:
     def scale(self, s: torch.Tensor, factor: Fraction) -> tuple[torch.Tensor, None]:
         return s * float(factor), None
 
-    def unscale(self, s: torch.Tensor, buf: None, factor: Fraction) -> torch.Tensor:
+    def unscale(self, s: torch.Tensor, buf: None, factor: Fraction, owned: bool = False) -> torch.Tensor:
         if factor == 0:
             raise ZeroDivisionError("a bypass factor of 0 is not invertible (use it for forward-only checks)")
-        return s / float(factor)
+        return s.div_(float(factor)) if owned else s / float(factor)
 
     def add(self, s: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
         return s + f.to(s.dtype)
@@ -55,7 +55,7 @@ class ExactArith:
         self.dtype = dtype  # the float dtype F and G see
         # |value| must stay below this so that s·p and the sum of two streams fit in int64.
         self.limit = float(2 ** (62 - frac_bits - 12))
-        self._bad: torch.Tensor | None = None
+        self._peak: torch.Tensor | None = None  # running max |x| over encoded values (NaN if any was NaN)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """float -> fixed point. Deterministic: x·2^k is exact in float, then rounds once.
@@ -63,12 +63,17 @@ class ExactArith:
         Out-of-range values are flagged on the device and checked once per pass (`check`), not synced per call.
         """
         x = x.detach()
-        bad = (~torch.isfinite(x) | (x.abs() >= self.limit)).any()
-        self._bad = bad if self._bad is None else self._bad | bad
-        return (x.double() * self.one).round().to(torch.int64)
+        # one reduction (max |x|, NaN when any element is; torch.maximum keeps NaN), no host sync until `check`
+        if x.numel():  # the inf-norm of an empty tensor is an error, not 0
+            peak = torch.linalg.vector_norm(x, ord=float("inf"))
+            self._peak = peak if self._peak is None else torch.maximum(self._peak, peak)
+        # x·2^k is exact in x's own float type (|x| < 2^18, k = 32: no overflow, no subnormals), so rounding it there
+        # gives the same integer as in float64 at half the bytes; a copy, then in place
+        t = x.to(torch.float64 if x.dtype == torch.float64 else torch.float32, copy=True)
+        return t.mul_(self.one).round_().to(torch.int64)
 
     def check(self) -> None:
-        if self._bad is not None and bool(self._bad):
+        if self._peak is not None and not bool(self._peak < self.limit):  # NaN < limit is False
             raise OverflowError(
                 f"exact reversible stream out of range (|x| >= {self.limit:.3g} or not finite); "
                 "use recompute='float'"
@@ -76,31 +81,38 @@ class ExactArith:
 
     def decode(self, s: torch.Tensor) -> torch.Tensor:
         """fixed point -> float (the value F and G see): a deterministic function of the integers."""
-        return (s.double() / self.one).to(self.dtype)
+        if self.dtype == torch.float32:  # one rounding of s to float32, then an exact power-of-two scale
+            return s.to(torch.float32).div_(self.one)
+        return s.double().div_(self.one).to(self.dtype)
 
     def scale(self, s: torch.Tensor, factor: Fraction) -> tuple[torch.Tensor, torch.Tensor | None]:
         p, q = factor.numerator, factor.denominator
         sp = s * p if p != 1 else s
         if q == 1:
             return sp, None
-        out = torch.div(sp, q, rounding_mode="floor")
-        rem = (sp - out * q).to(torch.uint8)  # in [0, q): q <= 256 is checked by the config
-        return out, _pack(rem, q)
+        rem = torch.remainder(sp, q).to(torch.uint8)  # floor remainder, in [0, q): q <= 256 is checked by the config
+        out = sp.sub_(rem) if sp is not s else sp - rem  # a multiple of q now, so the division below is exact
+        return out.div_(q, rounding_mode="floor"), _pack(rem, q)
 
-    def unscale(self, s: torch.Tensor, buf: torch.Tensor | None, factor: Fraction) -> torch.Tensor:
+    def unscale(self, s: torch.Tensor, buf: torch.Tensor | None, factor: Fraction, owned: bool = False) -> torch.Tensor:
+        """Inverse of `scale`. owned=True: `s` is a temporary of the caller's, overwritten to save a stream's bytes."""
         p, q = factor.numerator, factor.denominator
         if p == 0:
             raise ZeroDivisionError("a bypass factor of 0 is not invertible (use it for forward-only checks)")
-        sp = s * q if q != 1 else s
+        if q != 1:
+            sp = s.mul_(q) if owned else s * q
+        else:
+            sp = s if owned or (buf is None and p == 1) else s.clone()
         if buf is not None:
-            sp = sp + _unpack(buf, q, s.shape).to(torch.int64)
-        return torch.div(sp, p, rounding_mode="floor") if p != 1 else sp  # exact: sp is a multiple of p
+            sp.add_(_unpack(buf, q, s.shape))
+        return sp.div_(p, rounding_mode="floor") if p != 1 else sp  # exact: sp is a multiple of p
 
     def add(self, s: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
-        return s + self.encode(f)
+        return self.encode(f).add_(s)
 
     def sub(self, s: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
-        return s - self.encode(f)
+        e = self.encode(f)
+        return torch.sub(s, e, out=e)
 
 
 def _pack(rem: torch.Tensor, q: int) -> torch.Tensor:

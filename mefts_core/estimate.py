@@ -28,7 +28,10 @@ The activation peak is the stored activations plus the largest transient of back
   stream per layer, 4 bits per element for λ = 1/10), plus, inside the reversible backward, the current state, the
   stream gradients and one piece (attention or FFN sub-block) recomputed with its own transient.
 The optimizer step adds AdamW's temporaries (CPU: per tensor, twice the largest trainable tensor; CUDA foreach: one
-copy of all trainable parameters). Every term is a tensor that exists; none is fitted. Families other than
+copy of all trainable parameters). On CUDA, the step also holds two cuBLAS workspaces, one per thread that runs
+matrix products (the caller's for forward, autograd's device thread for backward): CUDA_RUNTIME_BYTES, read off an
+H100 with torch 2.11 (32 MiB each on Hopper, plus 3 MiB). Every term is a tensor that exists; none is fitted
+except that constant. Families other than
 BERT/RoBERTa raise NotImplementedError until their layer walk is written.
 """
 
@@ -43,6 +46,9 @@ from typing import Any
 import torch
 
 _ELEMENT = {"float32": 4, "bfloat16": 2, "float16": 2}
+# The allocator bytes a CUDA training step holds beyond tensors: two cuBLAS workspaces and small runtime buffers,
+# measured on an H100 (67.1 MiB in every LoRA and MEFT row of bench/gpu.sh, at any depth; docs/benchmarks.md).
+CUDA_RUNTIME_BYTES = 67 * 2**20
 
 
 # ------------------------------------------------------------------------------------------------ shapes
@@ -148,7 +154,9 @@ def _attn_saved(s: _Shape, t: _Train, x_rg: bool) -> tuple[dict[str, float], boo
             out["v"] = s.nd()
     ctx_rg = scores_rg or rg["v"]
     o_rg = ctx_rg or "o" in t.weights or t.biases or "o" in lora
-    if "o" in t.weights or "o" in lora:
+    if ("o" in t.weights or "o" in lora) and not ("sdpa" in out and ("o" in t.weights)):
+        # the output projection's input; a fused kernel's output, which it saves anyway, is that same storage
+        # (a view), so a trained projection adds nothing there (LoRA's adapter input is a copy, measured on an H100)
         out["context"] = s.nd()
     if o_rg and s.p_hidden > 0:
         out["hidden_mask1"] = s.nd() * s.m / s.e
@@ -277,7 +285,8 @@ def _meft(s: _Shape, t: _Train, opts: Any, n_layers: int) -> dict[str, float]:
       top layer also the current state (2w) and its grads dy1, dy2 (2u);
     - inside a whole-layer chain (MEFT1's F, MEFT2's G), recomputed a piece at a time: the attention piece's
       output (u) and, while the attention piece runs, the chain's output and its grad (2u); plus the piece's own
-      saved tensors and backward transient;
+      saved tensors and backward transient (recompute_unit="layer": the attention piece's saved tensors stay
+      alive while the FFN piece's backward runs);
     - MEFT1/MEFT3's F comes after G, so G's output grad and the new dy1 (2u) and the rebuilt stream x2 (w) are
       alive too; exact mode decodes F's or G's input to a float copy (u).
     """
@@ -303,7 +312,10 @@ def _meft(s: _Shape, t: _Train, opts: Any, n_layers: int) -> dict[str, float]:
     p_attn = sum(attn.values()) + _attn_transient(s)  # one piece recomputed with grad, at its backward's peak
     p_ffn = sum(ffn.values()) + _ffn_transient(s, t, ffn)
     p_adapter = _adapter_saved(s, t.ffn_adapter, True) + 3 * u
-    chain = max(u + 2 * u + p_attn, u + p_ffn)  # attention piece output (+ chain output and grad) + a piece
+    if opts.recompute_unit == "layer":  # the whole chain's graph: attention's saved tensors stay while the FFN runs
+        chain = max(u + sum(attn.values()) + p_ffn, u + 2 * u + p_attn)
+    else:  # attention piece output (+ chain output and grad) + one piece
+        chain = max(u + 2 * u + p_attn, u + p_ffn)
 
     base = 3 * u + ((2 * w + 2 * u) if n_rev > 1 else 0.0)
     after_g = 2 * u + w  # G's output grad, the new dy1, the rebuilt x2 (while F runs)
@@ -314,8 +326,8 @@ def _meft(s: _Shape, t: _Train, opts: Any, n_layers: int) -> dict[str, float]:
         moments = [base + decoded + chain, base + after_g + decoded + p_adapter]
     else:
         moments = [base + decoded + p_ffn, base + after_g + decoded + p_attn]
-    if exact:  # fixed-point rounding of F's output and unscaling x1: int64/float64 temporaries (about 4 w)
-        moments.append(base + after_g + 2 * u + 4 * w)
+    if exact:  # rounding F's output to fixed point: its float64 copy and the int64 result (2 w), in place after
+        moments.append(base + after_g + 2 * u + 2 * w)
     return {"stored": stored, "working": max(moments)}
 
 
@@ -335,7 +347,8 @@ def estimate_memory(backbone: str, method: str, batch_size: int, seq_len: int, l
         attention: "math" (scores materialised; CPU SDPA, eager) or "fused" (CUDA SDPA); default by device.
 
     Returns:
-        dict of bytes: param_bytes, buffer_bytes, batch_bytes, grad_bytes, optimizer_bytes, stored_activation_bytes,
+        dict of bytes: param_bytes, buffer_bytes, batch_bytes, grad_bytes, optimizer_bytes, runtime_bytes (CUDA:
+        cuBLAS workspaces), stored_activation_bytes,
         activation_bytes (the peak rise over forward+backward; also as peak_activation_bytes, MemoryReport's name),
         optimizer_step_bytes (AdamW's transient),
         peak_bytes; and trainable_params, total_params, and `terms` (the named parts of the activation count).
@@ -419,10 +432,11 @@ def estimate_memory(backbone: str, method: str, batch_size: int, seq_len: int, l
     if method == "full":  # the dense word-embedding gradient at the end of backward, beside the incoming grad
         act_peak = max(act_peak, cfg.vocab_size * s.d * e + s.nd())
 
-    static = param_bytes + buffer_bytes + batch_bytes + trainable_bytes + optimizer_bytes
+    runtime_bytes = CUDA_RUNTIME_BYTES if device == "cuda" else 0
+    static = param_bytes + buffer_bytes + batch_bytes + trainable_bytes + optimizer_bytes + runtime_bytes
     return {
         "param_bytes": param_bytes, "buffer_bytes": buffer_bytes, "batch_bytes": batch_bytes,
-        "grad_bytes": trainable_bytes, "optimizer_bytes": optimizer_bytes,
+        "grad_bytes": trainable_bytes, "optimizer_bytes": optimizer_bytes, "runtime_bytes": runtime_bytes,
         "stored_activation_bytes": int(stored), "activation_bytes": int(act_peak),
         "peak_activation_bytes": int(act_peak),  # the same, named as in memory.MemoryReport
         "optimizer_step_bytes": int(opt_step), "peak_bytes": int(static + max(act_peak, opt_step)),

@@ -72,6 +72,7 @@ def apply_meft(base: nn.Module, family, opts: MeftOptions) -> list[nn.Module]:
                 blocks, lam=as_fraction(opts.lam), beta=as_fraction(opts.beta), swap=SWAP[opts.variant],
                 exact=opts.exact, checkpoint_every=opts.checkpoint_every, seed=opts.seed,
                 error_budget=opts.error_budget, f_residual=f_res, g_residual=g_res,
+                piecewise=opts.recompute_unit == "sublayer",
             )
             merge = StreamMerge(opts.merge, TRACKING[opts.variant], base.config.hidden_size).to(like.device,
                                                                                                  like.dtype)

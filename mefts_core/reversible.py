@@ -39,9 +39,13 @@ class _Replay:
         """Run one F (which=0) or G (which=1) call under its seed, leaving the global RNG stream unchanged."""
         with contextlib.ExitStack() as stack:
             if self.seeds is not None:
-                devices = [torch.cuda.current_device()] if self.device_type == "cuda" else []
+                cuda = self.device_type == "cuda"
+                devices = [torch.cuda.current_device()] if cuda else []
                 stack.enter_context(torch.random.fork_rng(devices=devices))
-                torch.manual_seed(self.seeds[layer][which])
+                # Seed only the generator the dropout draws from: torch.manual_seed also queues a CUDA seeding
+                # call, with a formatted stack trace, on every call while CUDA is uninitialised (CPU training).
+                gen = torch.cuda.default_generators[devices[0]] if cuda else torch.default_generator
+                gen.manual_seed(self.seeds[layer][which])
             if replay_autocast:
                 stack.enter_context(
                     torch.autocast(self.device_type, dtype=self.autocast_dtype, enabled=self.autocast)
@@ -70,7 +74,7 @@ class ReversibleStack(nn.Module):
 
     def __init__(self, blocks: list[RevBlock], *, lam: Fraction, beta: Fraction, swap: bool, exact: bool,
                  checkpoint_every: int = 0, seed: int = 0, error_budget: float | None = 1e-2,
-                 f_residual: bool = False, g_residual: bool = False) -> None:
+                 f_residual: bool = False, g_residual: bool = False, piecewise: bool = True) -> None:
         super().__init__()
         self.blocks = nn.ModuleList(blocks)
         self.lam, self.beta, self.swap = lam, beta, swap
@@ -78,6 +82,9 @@ class ReversibleStack(nn.Module):
         # y1 = λ·(x1 − x2) + F(x2), so that a start near the PLM is not pushed off by λ·x1 (meft-spec.md §4).
         self.f_residual, self.g_residual = f_residual, g_residual
         self.exact = exact
+        # Backward recomputes a layer one piece (sub-block) at a time: only one piece's graph is alive, which halves
+        # the backward peak, at the cost of one more forward of every piece but the last (recompute_unit option).
+        self.piecewise = piecewise
         self.checkpoint_every = checkpoint_every
         self.seed = seed
         self.calls = 0  # training forwards so far: with `seed`, it fixes every dropout seed (reproducible runs)
@@ -219,12 +226,12 @@ class ReversibleStack(nn.Module):
         (y1, y2), (dy1, dy2) = self._order(*state), self._order(*dstate)
         seed1 = dy1 - dy2 * float(self.beta) if self.g_residual else dy1
         g, dy1, grads_g = self._vjp(block.g, ar.decode(y1), dy2, params, replay, i, 1, ctx, extras, seed1)
-        x2 = ar.unscale(ar.sub(y2, g), buf_b, self.beta)
+        x2 = ar.unscale(ar.sub(y2, g), buf_b, self.beta, owned=True)
         x2 = x2 + y1 if self.g_residual else x2
         del g
         seed2 = dy2 * float(self.beta) - dy1 * float(self.lam) if self.f_residual else dy2 * float(self.beta)
         f, dx2, grads_f = self._vjp(block.f, ar.decode(x2), dy1, params, replay, i, 0, ctx, extras, seed2)
-        x1 = ar.unscale(ar.sub(y1, f), buf_l, self.lam)
+        x1 = ar.unscale(ar.sub(y1, f), buf_l, self.lam, owned=True)
         x1 = x1 + x2 if self.f_residual else x1
         del f
         dx1 = dy1 * float(self.lam)
@@ -234,15 +241,15 @@ class ReversibleStack(nn.Module):
              which: int, ctx: dict, extras: tuple[str, ...] = (), dx_seed: torch.Tensor | None = None):
         """Recompute fn(x) under the forward's seed and autocast; return (output, dL/dx, [dL/dparam]).
 
-        A function made of `pieces` (a whole layer = attention then FFN) is recomputed piece by piece, like
-        checkpointing inside the layer: only one piece's graph is alive at a time, which halves the peak. Each
-        piece restarts from the RNG state it saw in the forward, so dropout masks are the same bits.
+        With `self.piecewise`, a function made of `pieces` (a whole layer = attention then FFN) is recomputed piece
+        by piece, like checkpointing inside the layer: only one piece's graph is alive at a time, which halves the
+        peak. Each piece restarts from the RNG state it saw in the forward, so dropout masks are the same bits.
 
         `dx_seed` is the gradient that reaches x through the coupling's bypass. It enters the same autograd call
         (through a view of x created last, so it is accumulated first, as plain autograd does), which makes the
         sum at x, and with it every gradient below, bit-identical to the vanilla backward's.
         """
-        pieces = list(getattr(fn, "pieces", [fn]))
+        pieces = list(getattr(fn, "pieces", [fn])) if self.piecewise else [fn]
         # context tensors that need a gradient (an encoder's output) become leaves of this recompute
         ctx = {k: (v.detach().requires_grad_(True) if k in extras else v) for k, v in ctx.items()}
         targets = [*params, *[ctx[k] for k in extras]]
@@ -340,13 +347,14 @@ class _RevFunction(torch.autograd.Function):
         ar = stack.arith(ctx.in_dtype)
         zeros = torch.zeros_like(ar.decode(state[0]))
         dstate = (d1 if d1 is not None else zeros, d2 if d2 is not None else zeros)
-        all_params = [p for b in stack.blocks for p in b.trainable()]
+        per_block = [b.trainable() for b in stack.blocks]
+        all_params = [p for params in per_block for p in params]
         index = {id(p): j for j, p in enumerate(all_params)}
         pgrads: list[torch.Tensor | None] = [None] * len(all_params)
         egrads: list[torch.Tensor | None] = [None] * n_extra
         rebuilt = []
         for i in reversed(range(len(stack.blocks))):
-            params = stack.blocks[i].trainable()
+            params = per_block[i]
             state, dstate, grads = stack.backward_layer(
                 i, state, dstate, buffers[2 * i], buffers[2 * i + 1], ctx.replay, layer_ctx, ar, params, ctx.extras
             )

@@ -127,7 +127,10 @@ def test_gpu_batch_search_bisects_on_real_oom_exceptions(monkeypatch):
     model = torch.nn.Linear(2, 2)
     model.config = None
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda dev: _Props())
-    monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", lambda f, dev: fractions.append(f))
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    # the real call rejects a device without an index (torch.device("cuda")): seen on an H100
+    monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction",
+                        lambda f, dev: fractions.append(f) if dev.index is not None else pytest.fail(f"{dev}"))
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
     monkeypatch.setattr(bench, "build_model", lambda *a, **k: (model, ""))
     monkeypatch.setattr(bench, "make_batch", lambda config, b, t, **k: b)

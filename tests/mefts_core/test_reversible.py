@@ -308,3 +308,23 @@ def test_exact_mode_refuses_streams_out_of_fixed_point_range():
     h0 = torch.full((1, 3, 32), 1e9)  # beyond the int64 fixed-point range at 32 fractional bits
     with pytest.raises(OverflowError, match="out of range"):
         _stack(model)(h0)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_layer_recompute_unit_same_gradients_one_attention_forward_less(variant):
+    """recompute_unit="layer" recomputes a whole layer in one go: the same bit-exact gradients, and the attention
+    sub-block runs once per backward instead of twice (once for the FFN's input, once with a graph). MEFT3's F and
+    G are one sub-block each already, so the unit changes nothing there."""
+    calls = {}
+    for unit in ("sublayer", "layer"):
+        model = meft_model(variant, layers=3, hidden=32, merge="average", recompute_unit=unit).train()
+        assert _max_rel(gradient_fidelity(model, tiny_batch())) == 0.0
+        attention = [m for m in model.modules() if type(m).__name__ == "BertAttention"]
+        seen: list[int] = []
+        for m in attention:
+            m.register_forward_hook(lambda *_, seen=seen: seen.append(1))
+        batch_loss(model, tiny_batch()).backward()
+        calls[unit] = len(seen)
+    layers = 3
+    assert calls["layer"] == 2 * layers  # forward + one recompute
+    assert calls["sublayer"] == (2 if variant == "meft3" else 3) * layers
