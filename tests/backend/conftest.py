@@ -3,12 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
-import socket
-import sqlite3
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -17,8 +11,9 @@ from fastapi.testclient import TestClient
 
 from backend.main import create_app
 from backend.settings import Settings
+from tests.serve import REPO, ServeProcess, kill_job_groups, wait_for
 
-REPO = Path(__file__).resolve().parents[2]
+__all__ = ["DATABASES", "FAST_ENV", "LONG", "REPO", "TINY", "pid_alive", "wait_for"]
 
 # Fast timings for tests: heartbeats twice a second, leases of a few seconds, progress written often.
 FAST_ENV = {
@@ -42,17 +37,6 @@ TINY = {"backbone": "tiny-bert", "method": "full", "task": "sst2",
 LONG = {"backbone": "tiny-bert", "method": "full", "task": "sst2",
         "hyperparameters": {"epochs": 200, "max_train_samples": 256, "max_eval_samples": 16, "batch_size": 8,
                             "max_seq_len": 32, "patience": 1000, "measure_memory": False}}
-
-
-def wait_for(predicate, timeout: float, interval: float = 0.1, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 def pid_alive(pid: int) -> bool:
@@ -90,55 +74,12 @@ def client(settings):
         yield c
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """`python -m backend.cli serve` on 127.0.0.1 with an embedded worker, in its own process group."""
+class Server(ServeProcess):
+    """tests/serve.py's server with the embedded worker and FAST_ENV, an httpx client and run-status helpers."""
 
     def __init__(self, data_dir: Path, env: dict[str, str] | None = None) -> None:
-        self.data_dir = data_dir
-        self.extra_env = env or {}
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc: subprocess.Popen | None = None
+        super().__init__(data_dir, worker=True, env={**FAST_ENV, **(env or {})})
         self.http = httpx.Client(base_url=self.url, timeout=30)
-
-    def start(self) -> Server:
-        env = {**os.environ, **FAST_ENV, **self.extra_env, "PYTHONPATH": str(REPO)}
-        env.pop("DATABASE_URL", None)
-        log = open(self.data_dir / f"server-{self.port}.log", "a")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "backend.cli", "serve", "--port", str(self.port), "--data-dir", str(self.data_dir)],
-            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-        wait_for(self._healthy, 60, 0.2, "the server to answer /api/health")
-        return self
-
-    def _healthy(self) -> bool:
-        if self.proc.poll() is not None:
-            raise AssertionError(f"server exited with {self.proc.returncode}; see {self.data_dir}")
-        try:
-            return self.http.get("/api/health").status_code == 200
-        except httpx.TransportError:
-            return False
-
-    def kill(self) -> None:
-        """SIGKILL the server process only (its jobs run in their own process groups)."""
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
 
     def run(self, run_id: int) -> dict:
         r = self.http.get(f"/api/runs/{run_id}")
@@ -148,20 +89,6 @@ class Server:
     def wait_status(self, run_id: int, statuses: set[str], timeout: float = 90) -> dict:
         return wait_for(lambda: (lambda r: r if r["status"] in statuses else None)(self.run(run_id)), timeout, 0.2,
                         f"run {run_id} to reach {statuses}")
-
-
-def _kill_leftover_jobs(data_dir: Path) -> None:
-    db = data_dir / "mefts.db"
-    if not db.exists():
-        return
-    with sqlite3.connect(db) as con:
-        pids = [p for (p,) in con.execute("SELECT pid FROM runs WHERE pid IS NOT NULL")]
-    for pid in pids:
-        try:
-            if os.getpgid(pid) == pid:
-                os.killpg(pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
 
 
 @pytest.fixture
@@ -178,4 +105,4 @@ def make_server(tmp_path):
     for s in servers:
         s.stop()
         s.http.close()
-    _kill_leftover_jobs(tmp_path)
+    kill_job_groups(tmp_path / "mefts.db")

@@ -11,98 +11,30 @@ from __future__ import annotations
 
 import os
 import random
-import signal
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
-
-import httpx
 
 from backend import runspec
 from db import crud
 from db.models import RunStatus
 from db.session import make_engine, make_sessionmaker, session_scope, upgrade_database
+from tests.serve import REPO, ServeProcess  # noqa: F401 (REPO: re-exported to the browser tests)
 
-REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = os.environ.get("MEFTS_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
 GiB = 2**30
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """`python -m backend.cli serve` on 127.0.0.1 and a free port, with its own data directory (SQLite, logs)."""
+class Server(ServeProcess):
+    """tests/serve.py's server for the browser tests: events and progress every half second, warnings only."""
 
     def __init__(self, data_dir: Path, *, worker: bool = True, env: dict[str, str] | None = None) -> None:
-        self.data_dir = Path(data_dir)
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.worker = worker
-        self.extra_env = env or {}
-        self.proc: subprocess.Popen | None = None
-        self.log_path = self.data_dir / "serve.log"
+        fast = {"MEFTS_DATA_DIR": str(data_dir), "MEFTS_EVENTS_POLL_SECONDS": "0.5",
+                "MEFTS_PROGRESS_INTERVAL_SECONDS": "0.5"}
+        super().__init__(data_dir, worker=worker, env={**fast, **(env or {})}, log_level="WARNING")
 
-    @property
-    def db_url(self) -> str:
-        return f"sqlite:///{self.data_dir.resolve() / 'mefts.db'}"
 
-    def start(self, timeout: float = 90.0) -> Server:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "MEFTS_DATABASE_URL")}
-        env.update({
-            "MEFTS_DATA_DIR": str(self.data_dir), "OMP_NUM_THREADS": "1", "MEFTS_CPU_COUNT": "1",
-            "MEFTS_EVENTS_POLL_SECONDS": "0.5", "MEFTS_PROGRESS_INTERVAL_SECONDS": "0.5",
-            "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", **self.extra_env,
-        })
-        cmd = [sys.executable, "-m", "backend.cli", "--log-level", "WARNING", "serve", "--host", "127.0.0.1",
-               "--port", str(self.port), "--data-dir", str(self.data_dir)]
-        if not self.worker:
-            cmd.append("--no-worker")
-        log = open(self.log_path, "ab")  # noqa: SIM115 (kept open for the process's lifetime)
-        self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"mefts serve exited with {self.proc.returncode}:\n{self.log_tail()}")
-            try:
-                if httpx.get(self.url + "/api/health", timeout=2).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        self.stop()
-        raise RuntimeError(f"mefts serve did not answer in {timeout} s:\n{self.log_tail()}")
-
-    def log_tail(self, chars: int = 4000) -> str:
-        return self.log_path.read_text(errors="replace")[-chars:] if self.log_path.exists() else ""
-
-    def get(self, path: str, **params: Any) -> Any:
-        res = httpx.get(self.url + path, params=params, timeout=30)
-        res.raise_for_status()
-        return res.json() if "json" in res.headers.get("content-type", "") else res.text
-
-    def post(self, path: str, body: Any = None) -> httpx.Response:
-        return httpx.post(self.url + path, json=body, timeout=30)
-
-    def stop(self) -> None:
-        """SIGTERM (the app stops its worker and the jobs), then SIGKILL if it lingers."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=25)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
 # (score, stored activations, peak, trainable fraction) of each method relative to full fine-tuning.
 METHOD_SHAPE = {
     "full": (1.000, 1.00, 1.00, 1.0),
