@@ -8,7 +8,6 @@ field (as a request location) and the value, and the routes turn it into a 422 b
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import math
 import re
 from collections.abc import Sequence
@@ -18,6 +17,8 @@ from typing import Any
 from backend.security import PATH_TASK_OPTIONS, PathNotAllowed, backbone_is_path, confine_path
 from mefts_core.backbones import BACKBONES, validate_backbone
 from mefts_core.config import METHODS, method_options
+from mefts_core.tasks import task_catalog, validate_task_options
+from mefts_core.train import TrainConfig
 
 # Fields of a run request that are not TrainConfig hyperparameters.
 TOP_LEVEL = ("backbone", "method", "task", "method_options", "task_options", "seed", "device", "timeout_s")
@@ -52,34 +53,8 @@ def _jsonable(value: Any) -> Any:
     return repr(value)
 
 
-def train_module():
-    """mefts_core.train, or None while it does not exist yet."""
-    try:
-        return importlib.import_module("mefts_core.train")
-    except ModuleNotFoundError as e:
-        if e.name in ("mefts_core.train",):
-            return None
-        raise
-
-
-def task_catalog() -> list[dict[str, Any]]:
-    """mefts_core.tasks.task_catalog() as a list of dicts with a "name"; [] while it does not exist."""
-    try:
-        mod = importlib.import_module("mefts_core.tasks")
-    except ModuleNotFoundError:
-        return []
-    fn = getattr(mod, "task_catalog", None)
-    if fn is None:
-        return []
-    cat = fn()
-    if isinstance(cat, dict):
-        return [{"name": k, **(v if isinstance(v, dict) else {"description": v})} for k, v in cat.items()]
-    return [c if isinstance(c, dict) else {"name": str(c)} for c in cat]
-
-
-def task_names() -> list[str] | None:
-    names = [t["name"] for t in task_catalog() if "name" in t]
-    return names or None
+def task_names() -> list[str]:
+    return [t["name"] for t in task_catalog()]
 
 
 def _field_of(message: str) -> str | None:
@@ -106,14 +81,7 @@ def method_label(method: str, options: dict[str, Any]) -> str:
 
 def _checked_task_options(task: str, options: dict[str, Any]) -> dict[str, Any]:
     try:
-        mod = importlib.import_module("mefts_core.tasks")
-    except ModuleNotFoundError:
-        return options
-    check = getattr(mod, "validate_task_options", None)
-    if check is None:
-        return options
-    try:
-        return check(task, options)
+        return validate_task_options(task, options)
     except ValueError as e:
         msg = str(e)
         m = re.match(r"^task_options\[['\"]?(\w+)['\"]?\]", msg)
@@ -123,26 +91,6 @@ def _checked_task_options(task: str, options: dict[str, Any]) -> dict[str, Any]:
         if field == "task_options":
             raise SpecError(("task_options",), options, msg) from e
         raise SpecError(("task",), task, msg) from e
-
-
-def _fallback_checks(hp: dict[str, Any]) -> None:
-    """The TrainConfig rules the service enforces while mefts_core.train does not exist yet."""
-    rules = {
-        "learning_rate": (lambda v: v is None or v > 0, "must be > 0"),
-        "batch_size": (lambda v: isinstance(v, int) and v >= 1, "must be an integer >= 1"),
-        "epochs": (lambda v: isinstance(v, int) and v >= 1, "must be an integer >= 1"),
-        "max_seq_len": (lambda v: isinstance(v, int) and v >= 1, "must be an integer >= 1"),
-        "warmup_ratio": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
-        "weight_decay": (lambda v: v >= 0, "must be >= 0"),
-        "grad_clip": (lambda v: v is None or v > 0, "must be > 0 or null"),
-        "patience": (lambda v: isinstance(v, int) and v >= 0, "must be an integer >= 0"),
-        "threads": (lambda v: v is None or (isinstance(v, int) and v >= 1), "must be an integer >= 1 or null"),
-        "max_train_samples": (lambda v: v is None or (isinstance(v, int) and v >= 1), "must be >= 1 or null"),
-        "max_eval_samples": (lambda v: v is None or (isinstance(v, int) and v >= 1), "must be >= 1 or null"),
-    }
-    for name, value in hp.items():
-        if name in rules and not rules[name][0](value):
-            raise SpecError(("hyperparameters", name), value, f"{name}={value!r}: {rules[name][1]}")
 
 
 def build_config(
@@ -175,7 +123,7 @@ def build_config(
     except ValueError as e:
         raise SpecError(("backbone",), backbone, str(e)) from e
     names = task_names()
-    if names is not None and task not in names:
+    if task not in names:
         raise SpecError(("task",), task, f"task={task!r}: unknown task; valid: {', '.join(names)}")
     try:
         opts = method_options(method, **method_opts)
@@ -200,12 +148,8 @@ def build_config(
     if device is not None:
         raw["device"] = device
 
-    train = train_module()
-    if train is None:
-        _fallback_checks(hp)
-        return raw
     try:
-        cfg = train.TrainConfig.from_dict(raw)
+        cfg = TrainConfig.from_dict(raw)
     except (ValueError, TypeError) as e:
         msg = str(e)
         field = _field_of(msg)

@@ -24,6 +24,8 @@ from db.models import Run, RunStatus, utcnow
 from db.session import session_scope
 from mefts_core.backbones import backbone_catalog
 from mefts_core.config import method_catalog
+from mefts_core.tasks import task_catalog
+from mefts_core.train import TrainConfig
 
 router = APIRouter(tags=["system"])
 
@@ -41,18 +43,16 @@ def health(session: SessionDep) -> Health:
 @router.get("/catalog")
 def catalog(settings: SettingsDep) -> dict[str, Any]:
     """What can be submitted: backbones, methods with their options, tasks, and the hyperparameters with defaults."""
-    train = runspec.train_module()
     hyper: list[dict[str, Any]] = []
-    if train is not None:
-        for f in dataclasses.fields(train.TrainConfig):
-            if f.name in runspec.TOP_LEVEL or f.name in ("backbone", "method", "task"):
-                continue
-            default = f.default if f.default is not dataclasses.MISSING else None
-            hyper.append({"name": f.name, "default": default, "type": str(f.type)})
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in runspec.TOP_LEVEL or f.name in ("backbone", "method", "task"):
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else None
+        hyper.append({"name": f.name, "default": default, "type": str(f.type)})
     return {
         "backbones": backbone_catalog(),
         "methods": method_catalog(),
-        "tasks": runspec.task_catalog(),
+        "tasks": task_catalog(),
         "hyperparameters": hyper,
         "devices": ["auto", "cpu", "cuda", "cuda:N"],
         "statuses": [s.value for s in RunStatus],
