@@ -60,7 +60,8 @@ def gradient_fidelity(model: nn.Module, batch: dict[str, Any], loss_fn: Callable
     trainable parameters, and the max-abs error of the layer input rebuilt by inversion. Rows carry `stack`
     (0 = the lowest stack, e.g. BART's encoder; 1 = its decoder) and `layer`.
 
-    Runs one forward/backward each way with the same dropout seeds; the model's existing .grad values are restored.
+    Runs one forward/backward each way with the same dropout seeds; the model's existing .grad values and the
+    stacks' dropout counters are restored.
     With `autocast`, the forward runs under autocast of that dtype and backward outside it, as in training.
     """
     stacks = meft_stacks(model)
@@ -99,8 +100,8 @@ def gradient_fidelity(model: nn.Module, batch: dict[str, Any], loss_fn: Callable
             s.trace = None
         ref = run(True)
     finally:
-        for s, b in zip(stacks, budgets):
-            s.trace, s.error_budget = None, b
+        for s, b, c in zip(stacks, budgets, calls):
+            s.trace, s.error_budget, s.calls = None, b, c  # the dropout counter too: a check draws no seeds
         for p, g in zip(params, saved):
             p.grad = g
     rows = []

@@ -21,6 +21,7 @@ import platform
 import random
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +32,7 @@ import torch.nn.functional as F
 from mefts_core.backbones import is_decoder, load_backbone, validate_backbone
 from mefts_core.callbacks import Callback, CallbackList
 from mefts_core.config import method_options
+from mefts_core.methods import meft_stacks
 from mefts_core.scoring import ChoiceScorer, collate_choices_lm, encode_choices_lm
 from mefts_core.tasks import TaskData, load_task, validate_task_options
 from mefts_core.tasks.encoding import MODEL_KEYS, collate, encode
@@ -84,6 +86,8 @@ class TrainConfig:
     max_train_samples: int | None = None
     max_eval_samples: int | None = None  # caps dev and test each
     measure_memory: bool = True
+    # MEFT: before training, the reversible gradients of one batch against plain autograd's (result.gradient_fidelity)
+    check_gradients: bool = True
 
     def __post_init__(self) -> None:
         _need(isinstance(self.backbone, str) and bool(self.backbone), "backbone", self.backbone, "must be a name")
@@ -104,7 +108,7 @@ class TrainConfig:
         for name in ("weight_decay", "grad_clip"):
             v = getattr(self, name)
             _need(_is_num(v) and v >= 0, name, v, "must be a number >= 0")
-        for name in ("bf16", "measure_memory"):
+        for name in ("bf16", "measure_memory", "check_gradients"):
             _need(isinstance(getattr(self, name), bool), name, getattr(self, name), "must be true or false")
         for name in ("threads", "max_train_samples", "max_eval_samples"):
             v = getattr(self, name)
@@ -158,12 +162,32 @@ class TrainResult:
     versions: dict[str, str]
     device: str
     label_names: list[str] | None = None
+    # MEFT with check_gradients: per reversible layer, stack, layer, cosine, rel_error, reconstruction_error
+    gradient_fidelity: list[dict[str, Any]] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
 # ------------------------------------------------------------------------------------------------- helpers
+
+
+def check_gradients(model: torch.nn.Module, batch: dict[str, Any], config: TrainConfig, device: torch.device,
+                    loss_fn: Callable) -> list[dict[str, Any]]:
+    """Per reversible layer, one batch's reversible gradients against plain autograd's
+    (diagnostics.gradient_fidelity rows: stack, layer, cosine, rel_error, reconstruction_error; None where a layer's
+    gradient is zero and a ratio has no value).
+
+    Runs under forked RNGs, and gradient_fidelity restores the stacks' dropout counters, so training afterwards
+    draws exactly what it would have drawn without the check.
+    """
+    from mefts_core.diagnostics import gradient_fidelity
+
+    model.train()
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        rows = gradient_fidelity(model, batch, loss_fn=loss_fn, autocast=torch.bfloat16 if config.bf16 else None)
+    return [{k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in r.items()} for r in rows]
+
 
 
 def resolve_device(name: str) -> torch.device:
@@ -374,6 +398,16 @@ def run_training(config: TrainConfig, callbacks: list[Callback] | None = None) -
         say("memory: stored activations %.1f MiB, peak %.1f MiB (%s)", memory["stored_activation_bytes"] / 2**20,
             memory["peak_bytes"] / 2**20, memory["how"])
 
+    fidelity = None
+    if config.check_gradients and meft_stacks(model):
+        batch = _to(_collate(train_f[: config.batch_size], pad_id), device)
+        fidelity = check_gradients(model, _model_inputs(batch), config, device,
+                                   loss_fn=lambda out, _b: task_loss(task.problem, _logits(out), batch))
+        optimizer.zero_grad(set_to_none=True)
+        errors = [r["rel_error"] for r in fidelity if r["rel_error"] is not None]
+        say("gradient check, %d reversible layers: largest relative error against plain autograd %s",
+            len(fidelity), f"{max(errors):.2g}" if errors else "n/a (zero gradients)")
+
     gen = torch.Generator().manual_seed(config.seed)
     main = task.main_metric
     best_score, best_epoch, bad_epochs, best_state = -math.inf, 0, 0, None
@@ -440,7 +474,7 @@ def run_training(config: TrainConfig, callbacks: list[Callback] | None = None) -
         stopped_early=stopped_early, dev_metrics=dev_final, test_metrics=test, memory=memory,
         trainable_params=n_trainable, total_params=n_total, wall_seconds=time.perf_counter() - start,
         versions=versions(), device=str(device),
-        label_names=list(task.label_names) if task.label_names else None,
+        label_names=list(task.label_names) if task.label_names else None, gradient_fidelity=fidelity,
     )
     cb.on_end(result.to_dict())
     return result

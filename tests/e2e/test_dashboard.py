@@ -411,7 +411,14 @@ def test_run_detail(page, server, finished_run):
     assert parts["peak activation above stored"] == pytest.approx(
         max(0, m["peak_activation_bytes"] - m["stored_activation_bytes"]) / scale)
     expect(page.locator("#run-log")).to_contain_text("epoch 1")
-    expect(page.locator("#fidelity-section")).to_be_hidden()  # the run has no fidelity data: omitted
+    # a MEFT run checks its gradients against plain autograd before training: per layer, drawn, and summarised
+    fidelity = server.get(f"/api/runs/{run_id}")["result"]["gradient_fidelity"]
+    assert len(fidelity) == 2 and all(r["rel_error"] == 0.0 for r in fidelity)
+    expect(page.locator("#fidelity-section")).to_be_visible()
+    page.wait_for_function("() => { const d = document.getElementById('chart-fidelity'); return d && d.data; }")
+    cosine = next(t for t in graph(page, "chart-fidelity")["data"] if t["name"].startswith("gradient cosine"))
+    assert cosine["y"] == pytest.approx([r["cosine"] for r in fidelity])
+    expect(page.locator("#run-facts")).to_contain_text("2 reversible layers: bit-identical to plain autograd")
 
 
 # ------------------------------------------------------------------------------------------------ basics

@@ -194,3 +194,21 @@ def test_decoder_scores_multiple_choice_by_likelihood():
     assert 0.0 <= d["test_metrics"]["accuracy"] <= 1.0
     assert d["memory"]["stored_activation_bytes"] > 0
     assert d["trainable_params"] < d["total_params"] / 100
+
+
+def test_meft_run_stores_its_gradient_fidelity_and_trains_as_without_it():
+    """check_gradients (default on for MEFT): one batch's reversible gradients against plain autograd's, in the
+    result; the check draws no dropout seed and no global RNG, so the run trains exactly as it does without it."""
+    base = {**TINY, "method": "meft1", "measure_memory": False, "learning_rate": 1e-3}
+    checked = run_training(TrainConfig(**base))
+    unchecked = run_training(TrainConfig(**base, check_gradients=False))
+    rows = checked.gradient_fidelity
+    assert [r["layer"] for r in rows] == [0, 1]
+    assert all(r["rel_error"] == 0.0 and r["reconstruction_error"] == 0.0 for r in rows), rows
+    assert all(r["cosine"] == pytest.approx(1.0) for r in rows)
+    assert unchecked.gradient_fidelity is None
+    assert [e["train_loss"] for e in checked.epoch_metrics] == [e["train_loss"] for e in unchecked.epoch_metrics]
+    assert checked.test_metrics == unchecked.test_metrics
+    assert run_training(TrainConfig(**{**TINY, "measure_memory": False})).gradient_fidelity is None  # not MEFT
+    with pytest.raises(ValueError, match="check_gradients"):
+        TrainConfig(**base, check_gradients="yes")

@@ -4,6 +4,16 @@
 const Detail = (() => {
   const { $, el, state, flash, guard, debounce, parseHash, navigate, downloads, badge, STATUS_TEXT } = UI;
 
+  /** MEFT: one batch's reversible gradients against plain autograd's, checked before training (result.gradient_fidelity). */
+  function gradientCheck(rows) {
+    if (!Array.isArray(rows) || !rows.length) return null;
+    const errors = rows.map((r) => r.rel_error).filter((e) => e !== null && e !== undefined);
+    if (!errors.length) return `${rows.length} reversible layers: zero gradients, no ratio`;
+    const worst = Math.max(...errors);
+    const exact = worst === 0 && rows.every((r) => r.reconstruction_error === 0);
+    return `${rows.length} reversible layers: ${exact ? "bit-identical to plain autograd" : `largest relative error ${worst.toExponential(1)}`}`;
+  }
+
   function kv(pairs) {
     return el("dl", { class: "facts" }, pairs.filter(([, v]) => v !== null && v !== undefined && v !== "").map(([k, v]) =>
       el("div", {}, el("dt", {}, k), el("dd", {}, v))));
@@ -59,6 +69,7 @@ const Detail = (() => {
       ["score", run.score !== null ? `${Api.fmtScore(run.score)} ${run.main_metric || ""} (${r.test_metrics && Object.keys(r.test_metrics).length ? "test" : "dev"})` : null],
       ["seed", run.seed], ["batch", run.batch_size], ["sequence length", run.max_seq_len], ["epochs", run.epochs],
       ["learning rate", r.learning_rate ?? run.learning_rate ?? "method default"],
+      ["gradient check", gradientCheck(r.gradient_fidelity)],
       ["trainable / total params", run.trainable_params ? `${run.trainable_params.toLocaleString()} / ${(run.total_params || 0).toLocaleString()}` : null],
       ["attempts", `${run.attempts} of ${run.max_attempts}`], ["device", run.device_used || run.device],
       ["created", Api.fmtTime(run.created_at)], ["started", Api.fmtTime(run.started_at)], ["finished", Api.fmtTime(run.finished_at)],
