@@ -9,6 +9,7 @@ from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
 from backend.settings import Settings
+from db.session import session_scope
 
 
 def get_settings_dep(request: Request) -> Settings:
@@ -16,15 +17,9 @@ def get_settings_dep(request: Request) -> Settings:
 
 
 def get_db(request: Request) -> Iterator[Session]:
-    session = request.app.state.sessionmaker()
-    try:
+    """One session per request: committed when the route returns, rolled back when it raises."""
+    with session_scope(request.app.state.sessionmaker) as session:
         yield session
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
-    finally:
-        session.close()
 
 
 SessionDep = Annotated[Session, Depends(get_db)]
