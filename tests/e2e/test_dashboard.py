@@ -300,6 +300,8 @@ def test_sweep_grid_from_form(page, server):
 
 def test_runs_sort_filter_and_paging(page, server):
     page.goto(server.url + "/#/runs?limit=25")
+    # a hash-only navigation: wait for this URL's page, or the click may land on the previous view's table
+    expect(page.locator("#page-info")).to_contain_text("1–25 of")
     page.click('#runs-table button[data-sort="score"]')
     expect(page.locator('#runs-table th[aria-sort="ascending"]')).to_contain_text("Score")
     assert "sort=score" in page.url
