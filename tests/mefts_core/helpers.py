@@ -61,3 +61,8 @@ def text_batch(tok, n: int = 8, max_len: int = 32) -> dict[str, torch.Tensor]:
     b = dict(b)
     b["labels"] = torch.arange(n) % 2
     return b
+
+
+def max_rel(rows) -> float:
+    """The largest per-layer relative gradient error of diagnostics.gradient_fidelity rows."""
+    return max(r["rel_error"] for r in rows)

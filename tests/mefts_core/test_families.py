@@ -15,6 +15,7 @@ from mefts_core.backbones import load_backbone
 from mefts_core.diagnostics import batch_loss, gradient_fidelity, vanilla_backward
 from mefts_core.memory import measure_step
 from mefts_core.methods import apply_method, meft_stacks
+from tests.mefts_core.helpers import max_rel
 
 FAMILIES = {"tiny-bart": "seq2seq_lm", "tiny-opt": "causal_lm", "tiny-llama": "causal_lm"}
 VARIANTS = ["meft1", "meft2", "meft3"]
@@ -36,10 +37,6 @@ def _batch(tok, n: int = 3, seq: int = 12, seed: int = 0) -> dict[str, torch.Ten
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
-def _max_rel(rows):
-    return max(r["rel_error"] for r in rows)
-
-
 @pytest.mark.parametrize("name", list(FAMILIES))
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_exact_gradients_equal_vanilla_at_24_layers(name, variant, record_property):
@@ -47,8 +44,8 @@ def test_exact_gradients_equal_vanilla_at_24_layers(name, variant, record_proper
     model, tok = _model(name, layers=24)
     apply_method(model, variant, merge="average").train()
     rows = gradient_fidelity(model, _batch(tok))
-    record_property("max_rel_error", _max_rel(rows))
-    assert _max_rel(rows) <= 1e-6
+    record_property("max_rel_error", max_rel(rows))
+    assert max_rel(rows) <= 1e-6
     assert all(r["reconstruction_error"] == 0.0 for r in rows)
     assert {r["stack"] for r in rows} == ({0, 1} if name == "tiny-bart" else {0})
 
@@ -143,7 +140,7 @@ def test_smollm2_exact_gradients_equal_vanilla_and_float_mode_does_not(smollm2, 
     errors = {}
     for recompute in ("exact", "float"):
         model = apply_method(copy.deepcopy(plain), "meft1", recompute=recompute, merge="average").train()
-        errors[recompute] = _max_rel(gradient_fidelity(model, batch))
+        errors[recompute] = max_rel(gradient_fidelity(model, batch))
     record_property("smollm2_meft1_max_rel_error", errors)
     assert errors["exact"] <= 1e-5
     assert errors["float"] > 1.0  # 30 layers at λ = 0.1: the paper's arithmetic gives wrong gradients

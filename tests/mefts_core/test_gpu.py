@@ -10,7 +10,7 @@ import torch
 from mefts_core.diagnostics import gradient_fidelity
 from mefts_core.memory import measure_step
 from mefts_core.methods import apply_method
-from tests.mefts_core.helpers import meft_model, tiny, tiny_batch
+from tests.mefts_core.helpers import max_rel, meft_model, tiny, tiny_batch
 
 pytestmark = pytest.mark.gpu
 VARIANTS = ("meft1", "meft2", "meft3")
@@ -20,10 +20,6 @@ def _cuda(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.cuda() for k, v in batch.items()}
 
 
-def _max_rel(rows) -> float:
-    return max(r["rel_error"] for r in rows)
-
-
 @pytest.mark.parametrize("unit", ["sublayer", "layer"])
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_exact_mode_on_cuda_rebuilds_inputs_and_matches_vanilla(variant, unit, record_property):
@@ -31,16 +27,16 @@ def test_exact_mode_on_cuda_rebuilds_inputs_and_matches_vanilla(variant, unit, r
     rebuilt inputs drift. With deterministic kernels the gradients equal plain autograd's."""
     model = meft_model(variant, layers=6, hidden=64, merge="average", recompute_unit=unit).cuda().train()
     rows = gradient_fidelity(model, _cuda(tiny_batch()))
-    record_property("max_rel_error", _max_rel(rows))
+    record_property("max_rel_error", max_rel(rows))
     record_property("max_reconstruction_error", max(r["reconstruction_error"] for r in rows))
     assert all(r["reconstruction_error"] == 0.0 for r in rows), rows
-    assert _max_rel(rows) <= 1e-6, rows
+    assert max_rel(rows) <= 1e-6, rows
 
 
 def test_bf16_autocast_on_cuda_is_replayed(record_property):
     model = meft_model("meft1", layers=4, hidden=64, merge="average").cuda().train()
     rows = gradient_fidelity(model, _cuda(tiny_batch()), autocast=torch.bfloat16)
-    record_property("max_rel_error", _max_rel(rows))
+    record_property("max_rel_error", max_rel(rows))
     assert all(r["cosine"] > 0.999 for r in rows), rows
 
 

@@ -9,7 +9,7 @@ import torch
 
 from mefts_core.diagnostics import batch_loss, gradient_fidelity, vanilla_backward
 from mefts_core.methods import meft_stacks
-from tests.mefts_core.helpers import meft_model, minilm, text_batch, tiny, tiny_batch
+from tests.mefts_core.helpers import max_rel, meft_model, minilm, text_batch, tiny, tiny_batch
 
 VARIANTS = ["meft1", "meft2", "meft3"]
 
@@ -161,19 +161,15 @@ def test_a3_starting_point_on_real_minilm(variant, record_property):
 
 
 # -- A4: gradient equality ---------------------------------------------------------------------------------------
-def _max_rel(rows):
-    return max(r["rel_error"] for r in rows)
-
-
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_a4_gradients_float64_float_mode(variant):
     batch = tiny_batch()
     unit = meft_model(variant, layers=3, dtype=torch.float64, lam=1.0, beta=1.0, recompute="float").train()
-    assert _max_rel(gradient_fidelity(unit, batch)) < 1e-8
+    assert max_rel(gradient_fidelity(unit, batch)) < 1e-8
     scaled = meft_model(variant, layers=4, dtype=torch.float64, recompute="float").train()
-    assert _max_rel(gradient_fidelity(scaled, batch)) < 1e-6
+    assert max_rel(gradient_fidelity(scaled, batch)) < 1e-6
     fp32 = meft_model(variant, layers=2, recompute="float").train()
-    assert _max_rel(gradient_fidelity(fp32, batch)) < 1e-3
+    assert max_rel(gradient_fidelity(fp32, batch)) < 1e-3
 
 
 @pytest.mark.parametrize("family", ["bert", "roberta"])
@@ -183,8 +179,8 @@ def test_exact_mode_gradients_equal_vanilla_at_24_layers(family, variant, record
     autograd call): the reversible gradients are bit-identical to plain autograd's, not merely within 1e-6."""
     model = meft_model(variant, family=family, layers=24, hidden=32, merge="average").train()  # dropout 0.1 on
     rows = gradient_fidelity(model, tiny_batch())
-    record_property("max_rel_error", _max_rel(rows))
-    assert _max_rel(rows) == 0.0
+    record_property("max_rel_error", max_rel(rows))
+    assert max_rel(rows) == 0.0
     assert all(r["reconstruction_error"] == 0.0 for r in rows)
 
 
@@ -218,7 +214,7 @@ def test_exact_gradients_on_real_minilm_and_float_error_recorded(record_property
             rows = gradient_fidelity(model, batch)
             figures[f"{variant}/{recompute}"] = [f"{r['rel_error']:.1e}" for r in rows]
             if recompute == "exact":
-                assert _max_rel(rows) <= 1e-6, rows
+                assert max_rel(rows) <= 1e-6, rows
             else:  # the paper's arithmetic: error grows downwards, ~x10 per layer at λ = 0.1
                 assert rows[0]["rel_error"] > 10 * rows[-1]["rel_error"]
     record_property("minilm_rel_error_per_layer", figures)
@@ -228,7 +224,7 @@ def test_float_mode_error_grows_with_depth(record_property):
     errs = {}
     for layers in (2, 6, 10):
         model = meft_model("meft1", layers=layers, hidden=32, recompute="float", merge="average").train()
-        errs[layers] = _max_rel(gradient_fidelity(model, tiny_batch()))
+        errs[layers] = max_rel(gradient_fidelity(model, tiny_batch()))
     record_property("float_mode_max_rel_error_by_depth", errs)
     assert errs[2] < errs[6] < errs[10]
 
@@ -318,7 +314,7 @@ def test_layer_recompute_unit_same_gradients_one_attention_forward_less(variant)
     calls = {}
     for unit in ("sublayer", "layer"):
         model = meft_model(variant, layers=3, hidden=32, merge="average", recompute_unit=unit).train()
-        assert _max_rel(gradient_fidelity(model, tiny_batch())) == 0.0
+        assert max_rel(gradient_fidelity(model, tiny_batch())) == 0.0
         attention = [m for m in model.modules() if type(m).__name__ == "BertAttention"]
         seen: list[int] = []
         for m in attention:
