@@ -172,6 +172,11 @@ class TrainResult:
 # ------------------------------------------------------------------------------------------------- helpers
 
 
+def _forked_rng(device: torch.device):
+    """Global RNG streams (CPU, and this CUDA device) restored on exit: a probe step draws nothing from training."""
+    return torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
+
+
 def check_gradients(model: torch.nn.Module, batch: dict[str, Any], config: TrainConfig, device: torch.device,
                     loss_fn: Callable) -> list[dict[str, Any]]:
     """Per reversible layer, one batch's reversible gradients against plain autograd's
@@ -184,7 +189,7 @@ def check_gradients(model: torch.nn.Module, batch: dict[str, Any], config: Train
     from mefts_core.diagnostics import gradient_fidelity
 
     model.train()
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+    with _forked_rng(device):
         rows = gradient_fidelity(model, batch, loss_fn=loss_fn, autocast=torch.bfloat16 if config.bf16 else None)
     return [{k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in r.items()} for r in rows]
 
@@ -383,15 +388,19 @@ def run_training(config: TrainConfig, callbacks: list[Callback] | None = None) -
     say("run: %s / %s / %s on %s; %s; lr %.3g; %d trainable of %d params", config.backbone, config.method,
         task.name, device, data.description, lr, n_trainable, n_total)
 
+    # the first training batch: what the memory measurement and the gradient check run on, RNGs forked
+    probe = _to(_collate(train_f[: config.batch_size], pad_id), device)
+
+    def probe_loss(out, _batch):
+        return task_loss(task.problem, _logits(out), probe)
+
     memory = None
     if config.measure_memory:
         from mefts_core.memory import measure_step
 
-        batch = _to(_collate(train_f[: config.batch_size], pad_id), device)
         model.train()
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), _autocast(device, config.bf16):
-            report = measure_step(model, _model_inputs(batch), None,
-                                  loss_fn=lambda out, _b: task_loss(task.problem, _logits(out), batch))
+        with _forked_rng(device), _autocast(device, config.bf16):
+            report = measure_step(model, _model_inputs(probe), None, loss_fn=probe_loss)
         optimizer.zero_grad(set_to_none=True)
         memory = report.to_dict()
         cb.on_memory(memory)
@@ -400,9 +409,7 @@ def run_training(config: TrainConfig, callbacks: list[Callback] | None = None) -
 
     fidelity = None
     if config.check_gradients and meft_stacks(model):
-        batch = _to(_collate(train_f[: config.batch_size], pad_id), device)
-        fidelity = check_gradients(model, _model_inputs(batch), config, device,
-                                   loss_fn=lambda out, _b: task_loss(task.problem, _logits(out), batch))
+        fidelity = check_gradients(model, _model_inputs(probe), config, device, loss_fn=probe_loss)
         optimizer.zero_grad(set_to_none=True)
         errors = [r["rel_error"] for r in fidelity if r["rel_error"] is not None]
         say("gradient check, %d reversible layers: largest relative error against plain autograd %s",
