@@ -154,7 +154,7 @@ def _attn_saved(s: _Shape, t: _Train, x_rg: bool) -> tuple[dict[str, float], boo
             out["v"] = s.nd()
     ctx_rg = scores_rg or rg["v"]
     o_rg = ctx_rg or "o" in t.weights or t.biases or "o" in lora
-    if ("o" in t.weights or "o" in lora) and not ("sdpa" in out and ("o" in t.weights)):
+    if "o" in lora or ("o" in t.weights and "sdpa" not in out):
         # the output projection's input; a fused kernel's output, which it saves anyway, is that same storage
         # (a view), so a trained projection adds nothing there (LoRA's adapter input is a copy, measured on an H100)
         out["context"] = s.nd()
