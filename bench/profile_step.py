@@ -6,7 +6,7 @@
 For each method: one warm-up step, then `--steps` steps under torch.profiler. Prints the wall time per step, the
 summed self time of device kernels per step (on CPU: of aten ops), the number of host-side waits on the device
 (cudaStreamSynchronize, cudaDeviceSynchronize, cudaEventSynchronize, device-to-host copies) and of kernel launches
-per step, then the top ops by self device time. A wall time well above the device time with few launches means the
+(on CPU: of aten ops called from Python) per step, then the top ops by self device time. A wall time well above the device time with few launches means the
 device idles on host syncs; with many launches, on Python and dispatch overhead.
 """
 
@@ -45,9 +45,14 @@ def profile_method(label: str, args, device: torch.device) -> None:
 
     device_ms = sum(self_device(e) for e in events if cuda or e.key.startswith("aten::"))
     syncs = sum(e.count for e in events if e.key.startswith(SYNCS)) / args.steps
-    launches = sum(e.count for e in events if e.key in ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC"))
+    if cuda:
+        ops = sum(e.count for e in events if e.key in ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC"))
+    else:  # aten ops called from Python, not those an op calls inside itself
+        ops = sum(1 for e in prof.events() if e.name.startswith("aten::")
+                  and (e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::")))
     print(f"\n## {label}: wall {wall * 1e3:.1f} ms/step, {'kernel' if cuda else 'aten op'} self time "
-          f"{device_ms:.1f} ms/step, {syncs:.0f} host syncs/step, {launches / args.steps:.0f} launches/step")
+          f"{device_ms:.1f} ms/step, {syncs:.0f} host syncs/step, {ops / args.steps:.0f} "
+          f"{'kernel launches' if cuda else 'top-level aten ops'}/step")
     rows = sorted(events, key=self_device, reverse=True)[: args.top]
     print("| op | calls/step | self ms/step |\n|---|---|---|")
     for e in rows:
