@@ -3,7 +3,7 @@
 "use strict";
 
 (() => {
-  const { $, el, state, flash, guard, debounce, parseHash, navigate, downloads, badge, STATUS_TEXT } = UI;
+  const { $, state, flash, guard, parseHash } = UI;
 
   // ---------------------------------------------------------------------------------------------- routing
   const VIEWS = ["compare", "runs", "submit", "run"];

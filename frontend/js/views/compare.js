@@ -2,7 +2,7 @@
 "use strict";
 
 const Compare = (() => {
-  const { $, el, state, flash, guard, debounce, parseHash, navigate, downloads, badge, STATUS_TEXT } = UI;
+  const { $, el, state, guard, debounce, parseHash, navigate, downloads } = UI;
 
   const opts = () => ({ task: $("cmp-task").value, mem: $("cmp-mem").value, log: $("cmp-log").checked,
     select: $("cmp-select").value });

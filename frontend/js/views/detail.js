@@ -2,7 +2,7 @@
 "use strict";
 
 const Detail = (() => {
-  const { $, el, state, flash, guard, debounce, parseHash, navigate, downloads, badge, STATUS_TEXT } = UI;
+  const { $, el, state, guard, debounce, downloads, badge } = UI;
 
   /** MEFT: one batch's reversible gradients against plain autograd's, checked before training (result.gradient_fidelity). */
   function gradientCheck(rows) {

@@ -2,7 +2,7 @@
 "use strict";
 
 const Runs = (() => {
-  const { $, el, state, flash, guard, debounce, parseHash, navigate, downloads, badge, STATUS_TEXT } = UI;
+  const { $, el, state, flash, guard, debounce, navigate, downloads, badge, STATUS_TEXT } = UI;
 
   const COLS = [
     { key: "id", label: "Run", sort: "id" },

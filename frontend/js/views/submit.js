@@ -2,7 +2,7 @@
 "use strict";
 
 const Submit = (() => {
-  const { $, el, state, flash, guard, debounce, parseHash, navigate, downloads, badge, STATUS_TEXT } = UI;
+  const { $, el, state, flash, guard, debounce, navigate } = UI;
 
   const MAIN_HP = ["learning_rate", "batch_size", "epochs", "max_seq_len", "max_train_samples", "max_eval_samples"];
   const HP_HELP = {
