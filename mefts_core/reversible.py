@@ -42,8 +42,8 @@ class _Replay:
                 cuda = self.device_type == "cuda"
                 devices = [torch.cuda.current_device()] if cuda else []
                 stack.enter_context(torch.random.fork_rng(devices=devices))
-                # Seed only the generator the dropout draws from: torch.manual_seed also queues a CUDA seeding
-                # call, with a formatted stack trace, on every call while CUDA is uninitialised (CPU training).
+                # Seed only the generator the dropout draws from: torch.manual_seed seeds every device type, and for
+                # one not initialised (XPU beside CUDA; CUDA and XPU on CPU) it formats a stack trace on each call.
                 gen = torch.cuda.default_generators[devices[0]] if cuda else torch.default_generator
                 gen.manual_seed(self.seeds[layer][which])
             if replay_autocast:
@@ -82,8 +82,8 @@ class ReversibleStack(nn.Module):
         # y1 = λ·(x1 − x2) + F(x2), so that a start near the PLM is not pushed off by λ·x1 (meft-spec.md §4).
         self.f_residual, self.g_residual = f_residual, g_residual
         self.exact = exact
-        # Backward recomputes a layer one piece (sub-block) at a time: only one piece's graph is alive, which halves
-        # the backward peak, at the cost of one more forward of every piece but the last (recompute_unit option).
+        # piecewise (recompute_unit="sublayer"): backward recomputes a layer one piece (sub-block) at a time, so only
+        # one piece's graph is alive, which halves the backward peak, for one more forward of every piece but the last.
         self.piecewise = piecewise
         self.checkpoint_every = checkpoint_every
         self.seed = seed
