@@ -53,10 +53,6 @@ def _jsonable(value: Any) -> Any:
     return repr(value)
 
 
-def task_names() -> list[str]:
-    return [t["name"] for t in task_catalog()]
-
-
 def _field_of(message: str) -> str | None:
     """The field a mefts_core ValueError names: its messages start with `name=value: why`."""
     m = re.match(r"^`?([A-Za-z_][\w.]*)`?\s*=", message)
@@ -122,7 +118,7 @@ def build_config(
         validate_backbone(backbone)
     except ValueError as e:
         raise SpecError(("backbone",), backbone, str(e)) from e
-    names = task_names()
+    names = [t["name"] for t in task_catalog()]
     if task not in names:
         raise SpecError(("task",), task, f"task={task!r}: unknown task; valid: {', '.join(names)}")
     try:
