@@ -109,9 +109,16 @@ class MeftOptions:
         metadata={"help": "exact (bit-exact fixed-point inverse), float (the paper's arithmetic), or checkpoint_every=k"},
     )
     recompute_unit: str = field(
-        default="sublayer",
-        metadata={"help": "sublayer: backward recomputes a layer one sub-block at a time (lower peak); layer: the "
-                          "whole layer at once (one attention forward less per layer: faster, higher peak)"},
+        default="layer",
+        metadata={"help": "layer: backward recomputes each layer's attention once, its FFN token chunk by token chunk; "
+                          "sublayer: one sub-block at a time (one attention forward more per layer; a lower peak "
+                          "only when chunk_tokens=0)"},
+    )
+    chunk_tokens: int | str = field(
+        default="auto",
+        metadata={"help": "token chunk of the FFN and of attention's queries, in forward and in backward's recompute "
+                          "(bounds the recompute's transient memory): auto (sized from the batch), 0 (off) or a "
+                          "number of tokens"},
     )
     seed: int = field(default=0, metadata={"help": "seed of the dropout RNG replayed in backward"})
     error_budget: float | None = field(
@@ -140,6 +147,9 @@ class MeftOptions:
         _ = self.checkpoint_every  # validates recompute
         _check(self.recompute_unit in RECOMPUTE_UNITS, "recompute_unit", self.recompute_unit,
                f"must be one of {RECOMPUTE_UNITS}")
+        _check(self.chunk_tokens == "auto" or (isinstance(self.chunk_tokens, int) and not isinstance(
+            self.chunk_tokens, bool) and self.chunk_tokens >= 0), "chunk_tokens", self.chunk_tokens,
+            "must be 'auto', 0 (off) or a number of tokens >= 1")
         if self.error_budget is not None:
             _check(isinstance(self.error_budget, int | float) and self.error_budget > 0, "error_budget",
                    self.error_budget, "must be > 0 or None")

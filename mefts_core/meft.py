@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from mefts_core.adapters import adapter_for
+from mefts_core.attention import use_chunked_attention
 from mefts_core.config import MeftOptions
 from mefts_core.coupling import as_fraction
 from mefts_core.models.base import AdapterCall, Chain, install
@@ -50,6 +51,9 @@ def apply_meft(base: nn.Module, family, opts: MeftOptions) -> list[nn.Module]:
         return a
 
     like = next(base.parameters())
+    chunk = opts.chunk_tokens
+    if chunk:
+        use_chunked_attention(base, chunk)
     for layers, keys in family.groups(base):
         n_rev = len(layers) if opts.reversible_layers is None else min(opts.reversible_layers, len(layers))
         blocks, upper = [], []
@@ -57,11 +61,11 @@ def apply_meft(base: nn.Module, family, opts: MeftOptions) -> list[nn.Module]:
             attn_adapter = new_adapter() if opts.variant == "meft3" and i < n_rev else None
             attn, ffn = family.pieces(layer, attn_adapter=attn_adapter, ffn_adapter=new_adapter())
             if i >= n_rev:  # plain layers above the reversible ones keep their FFN adapter (vanilla autograd)
-                upper.append(Chain([*attn, ffn]))
+                upper.append(Chain([*attn, ffn], chunk))
             elif opts.variant == "meft3":
-                blocks.append(RevBlock(Chain(attn), Chain([ffn])))
+                blocks.append(RevBlock(Chain(attn, chunk), Chain([ffn], chunk)))
             else:
-                whole, rev = Chain([*attn, ffn]), AdapterCall(new_adapter())
+                whole, rev = Chain([*attn, ffn], chunk), AdapterCall(new_adapter())
                 blocks.append(RevBlock(whole, rev) if opts.variant == "meft1" else RevBlock(rev, whole))
         stack = merge = None
         if blocks:

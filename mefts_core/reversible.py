@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from mefts_core.coupling import ExactArith, FloatArith
+from mefts_core.models.base import piece_chunks, run_piece, token_slice
 
 _SEED_MOD = 2**62
 
@@ -198,8 +199,9 @@ class ReversibleStack(nn.Module):
         zeros = torch.zeros(state[0].shape, dtype=dtype, device=state[0].device)
         out = []
         for i in reversed(range(len(self.blocks))):
-            state, _, _ = self.backward_layer(i, state, (zeros, zeros), buffers[2 * i], buffers[2 * i + 1], replay,
-                                              ctx, ar, [])
+            carry = [state, (zeros, zeros)]
+            del state
+            state, _, _, _ = self.backward_layer(i, carry, buffers[2 * i], buffers[2 * i + 1], replay, ctx, ar, [])
             out.append(state)
         return out[::-1]
 
@@ -216,67 +218,140 @@ class ReversibleStack(nn.Module):
             )
 
     # -- backward ------------------------------------------------------------------------------------------------
-    def backward_layer(self, i: int, state, dstate, buf_l, buf_b, replay: _Replay, ctx: dict, ar, params,
-                       extras: tuple[str, ...] = ()):
+    def backward_layer(self, i: int, carry: list, buf_l, buf_b, replay: _Replay, ctx: dict, ar, params,
+                       extras: tuple[str, ...] = (), egrads: list | None = None):
         """Rebuild layer i's input from its output and push the gradient through it (Listing 1, with inverses).
 
-        Returns (input state, grad wrt input floats, [grad per param of this block, then per extra ctx tensor]).
+        `carry` = [output state, grad wrt the output floats]; it is emptied, so that the caller holds no reference
+        and the output state's bytes are freed as soon as the inversion is done with them.
+
+        `egrads`: the gradients of the extra ctx tensors summed over the layers above (None: none yet).
+        Returns (input state, grad wrt input floats, [grad per param of this block], egrads with this layer's added).
         """
         block = self.blocks[i]
-        (y1, y2), (dy1, dy2) = self._order(*state), self._order(*dstate)
+        (y1, y2), (dy1, dy2) = self._order(*carry[0]), self._order(*carry[1])
+        carry.clear()  # from here on, each tensor is freed as soon as this layer no longer needs it
         seed1 = dy1 - dy2 * float(self.beta) if self.g_residual else dy1
-        g, dy1, grads_g = self._vjp(block.g, ar.decode(y1), dy2, params, replay, i, 1, ctx, extras, seed1)
+        g, dy1, grads_g, egrads = self._vjp(block.g, ar.decode(y1), dy2, params, replay, i, 1, ctx, extras, seed1,
+                                            egrads)
+        del seed1
         x2 = ar.unscale(ar.sub(y2, g), buf_b, self.beta, owned=True)
+        del y2, g, buf_b
         x2 = x2 + y1 if self.g_residual else x2
-        del g
         seed2 = dy2 * float(self.beta) - dy1 * float(self.lam) if self.f_residual else dy2 * float(self.beta)
-        f, dx2, grads_f = self._vjp(block.f, ar.decode(x2), dy1, params, replay, i, 0, ctx, extras, seed2)
+        del dy2
+        f, dx2, grads_f, egrads = self._vjp(block.f, ar.decode(x2), dy1, params, replay, i, 0, ctx, extras, seed2,
+                                            egrads)
+        del seed2
         x1 = ar.unscale(ar.sub(y1, f), buf_l, self.lam, owned=True)
+        del y1, f
         x1 = x1 + x2 if self.f_residual else x1
-        del f
         dx1 = dy1 * float(self.lam)
-        return (x1, x2), (dx1, dx2), [_add(a, b) for a, b in zip(grads_g, grads_f)]
+        return (x1, x2), (dx1, dx2), [_add(a, b) for a, b in zip(grads_g, grads_f)], egrads
 
     def _vjp(self, fn: nn.Module, x: torch.Tensor, dout: torch.Tensor, params, replay: _Replay, i: int,
-             which: int, ctx: dict, extras: tuple[str, ...] = (), dx_seed: torch.Tensor | None = None):
-        """Recompute fn(x) under the forward's seed and autocast; return (output, dL/dx, [dL/dparam]).
+             which: int, ctx: dict, extras: tuple[str, ...] = (), dx_seed: torch.Tensor | None = None,
+             extra_seeds: list | None = None):
+        """Recompute fn(x) under the forward's seed and autocast; return (output, dL/dx, [dL/dparam], extra grads).
 
-        With `self.piecewise`, a function made of `pieces` (a whole layer = attention then FFN) is recomputed piece
-        by piece, like checkpointing inside the layer: only one piece's graph is alive at a time, which halves the
-        peak. Each piece restarts from the RNG state it saw in the forward, so dropout masks are the same bits.
+        A function made of `pieces` (a whole layer = attention then FFN) is recomputed in stages, so that little of it
+        has a graph at a time:
+        - a trailing token-wise piece (the FFN) whose chunking is on runs one token chunk at a time, each chunk's
+          graph freed by its own backward before the next is built;
+        - with `self.piecewise` (recompute_unit="sublayer") every other piece is a stage of its own, recomputed from
+          its input after a no-graph pass (like checkpointing inside the layer: one more forward of those pieces);
+          otherwise they form one stage whose graph stays alive while the chunked FFN runs (one attention less).
+        Each stage starts from the RNG state it saw in the forward, so dropout masks are the same bits.
 
         `dx_seed` is the gradient that reaches x through the coupling's bypass. It enters the same autograd call
         (through a view of x created last, so it is accumulated first, as plain autograd does), which makes the
-        sum at x, and with it every gradient below, bit-identical to the vanilla backward's.
+        sum at x, and with it every gradient below, bit-identical to the vanilla backward's. `extra_seeds`, the
+        gradients of the extra ctx tensors (an encoder's output) from the layers above, enter the same way, so their
+        sum over the layers is accumulated in plain autograd's order too; the returned extra grads include them.
         """
-        pieces = list(getattr(fn, "pieces", [fn])) if self.piecewise else [fn]
+        pieces = list(getattr(fn, "pieces", [fn]))
+        chunk_tokens = getattr(fn, "chunk_tokens", 0)
+        slices = piece_chunks(pieces[-1], x, chunk_tokens)
+        head = pieces[:-1] if slices is not None else pieces
+        stages: list[list[nn.Module]] = [[p] for p in head] if self.piecewise else ([head] if head else [])
+        if slices is not None:
+            stages.append(pieces[-1:])
         # context tensors that need a gradient (an encoder's output) become leaves of this recompute
         ctx = {k: (v.detach().requires_grad_(True) if k in extras else v) for k, v in ctx.items()}
-        targets = [*params, *[ctx[k] for k in extras]]
-        grads: list[torch.Tensor | None] = [None] * len(targets)
+        leaves = [ctx[k] for k in extras]
+        grads: list[torch.Tensor | None] = [None] * len(params)
+        running = list(extra_seeds) if extra_seeds is not None else [None] * len(leaves)
+
+        def run(stage, xin):
+            for piece in stage:
+                xin = run_piece(piece, xin, ctx, chunk_tokens)
+            return xin
+
         with replay.run(i, which, self.replay_autocast):
-            xs, rng = [x], [_rng_state(x.device)]
-            with torch.no_grad():
-                for piece in pieces[:-1]:
-                    xs.append(piece(xs[-1], **ctx))
-                    rng.append(_rng_state(x.device))
+            xs, rng, live = [x], [], []  # stage inputs, RNG states at stage starts, graphs kept (layer unit)
+            for stage in stages[:-1]:
+                rng.append(_rng_state(x.device))
+                with torch.enable_grad() if not self.piecewise else torch.no_grad():
+                    xin = xs[-1].detach().requires_grad_(not self.piecewise)
+                    y = run(stage, xin)
+                live.append(None if self.piecewise else (xin, y))
+                xs.append(y.detach())
+            rng.append(_rng_state(x.device))
             out = None
-            for k in reversed(range(len(pieces))):
-                _set_rng_state(x.device, rng[k])
+            for k in reversed(range(len(stages))):
+                seed = dx_seed if k == 0 else None
+                if k == len(stages) - 1 and slices is not None:
+                    _set_rng_state(x.device, rng[k])
+                    out, dout, got = self._chunked_vjp(stages[k][0], xs[k], dout, ctx, params, slices, seed)
+                    grads = [_add(a, b) for a, b in zip(grads, got)]
+                    continue
+                if k < len(live) and live[k] is not None:
+                    (xin, y), live[k] = live[k], None
+                else:
+                    _set_rng_state(x.device, rng[k])
+                    with torch.enable_grad():
+                        xin = xs[k].detach().requires_grad_(True)
+                        y = run(stages[k], xin)
                 with torch.enable_grad():
-                    xin = xs[k].detach().requires_grad_(True)
-                    y = pieces[k](xin, **ctx)
                     outs, gouts = [y], [dout.to(y.dtype)]
-                    if k == 0 and dx_seed is not None:
-                        outs.append(xin.view_as(xin))
-                        gouts.append(dx_seed.to(xin.dtype))
-                    got = torch.autograd.grad(outs, [xin, *targets], gouts, allow_unused=True)
+                    for t, g in [(xin, seed), *zip(leaves, running)]:
+                        if g is not None:
+                            outs.append(t.view_as(t))
+                            gouts.append(g.to(t.dtype))
+                    got = torch.autograd.grad(outs, [xin, *params, *leaves], gouts, allow_unused=True)
                 if out is None:
                     out = y.detach()
                 dout = got[0]
-                grads = [_add(a, b) for a, b in zip(grads, got[1:])]
+                grads = [_add(a, b) for a, b in zip(grads, got[1 : 1 + len(params)])]
+                running = [r if g is None else g for g, r in zip(got[1 + len(params) :], running)]
                 del y, got, xin
-        return out, dout, grads
+        return out, dout, grads, running
+
+    @staticmethod
+    def _chunked_vjp(piece: nn.Module, x: torch.Tensor, dout: torch.Tensor, ctx: dict, targets: list,
+                     slices: list[slice], dx_seed: torch.Tensor | None):
+        """A token-wise piece, recomputed and backpropagated one token chunk at a time: (output, dL/dx, grads).
+
+        Chunks run in forward order (the RNG flows as in the forward); the per-chunk parameter gradients are summed
+        last chunk first, the order in which plain autograd accumulates the chunks of `run_piece`'s concatenation.
+        """
+        out, dx = torch.empty_like(x), torch.empty_like(x)  # (B, T, d)
+        per_chunk = []
+        for sl in slices:
+            with torch.enable_grad():
+                xin = token_slice(x.detach(), sl).requires_grad_(True)
+                y = piece(xin, **ctx)
+                got = torch.autograd.grad([y], [xin, *targets], [dout[:, sl].to(y.dtype)], allow_unused=True)
+            out[:, sl] = y.detach()
+            dx[:, sl] = got[0]
+            per_chunk.append(got[1:])
+            del y, got, xin
+        grads: list[torch.Tensor | None] = [None] * len(targets)
+        for got in reversed(per_chunk):
+            grads = [_add(a, b) for a, b in zip(grads, got)]
+        if dx_seed is not None:
+            dx.add_(dx_seed.to(dx.dtype))
+        return out, dx, grads
 
 
 def _rng_state(device: torch.device) -> torch.Tensor:
@@ -311,8 +386,28 @@ def _add(a, b):
     return a if b is None else a + b
 
 
+class _Stash:
+    """Tensors kept from forward to backward as `save_for_backward` keeps them (through the active saved-tensor hooks,
+    so memory accounting and offloading hooks see them), but handed over one at a time and released as backward
+    consumes them: the top state is dead once the top layer is inverted, each remainder buffer once its layer is.
+    """
+
+    def __init__(self, tensors: list[torch.Tensor | None]) -> None:
+        hooks = torch._C._autograd._top_saved_tensors_default_hooks(False)
+        self._unpack = hooks[1] if hooks else None
+        self._items = [t if t is None or hooks is None else hooks[0](t) for t in tensors]
+        self._taken = [False] * len(tensors)
+
+    def take(self, i: int) -> torch.Tensor | None:
+        if self._taken[i]:
+            raise RuntimeError("the reversible stack's backward ran twice for one forward: it frees what it rebuilds "
+                               "from as it goes, so retain_graph=True is not supported through it")
+        item, self._items[i], self._taken[i] = self._items[i], None, True
+        return item if item is None or self._unpack is None else self._unpack(item)
+
+
 class _RevFunction(torch.autograd.Function):
-    """Forward runs the stack without a graph and saves only the top state and the exact-mode buffers."""
+    """Forward runs the stack without a graph and keeps only the top state and the exact-mode buffers."""
 
     @staticmethod
     def forward(ctx, stack: ReversibleStack, replay: _Replay, static: dict, extras: list[str], h0: torch.Tensor,
@@ -322,49 +417,45 @@ class _RevFunction(torch.autograd.Function):
         state, buffers, checkpoints = stack.run_forward(h0, replay, layer_ctx, keep=True)
         ctx.stack, ctx.replay, ctx.static, ctx.extras = stack, replay, static, tuple(extras)
         ctx.in_dtype = h0.dtype
-        ctx.n_buffers = [b is not None for b in buffers]
         ctx.checkpoint_keys = sorted(checkpoints)
-        saved = [state[0], state[1], *[b for b in buffers if b is not None]]
-        for k in ctx.checkpoint_keys:
-            saved += list(checkpoints[k])
-        # through save_for_backward so that saved-tensor accounting sees every byte kept for backward
-        ctx.save_for_backward(*saved, *extra_values)
+        # [s1, s2, buffer per layer and scale..., checkpoint states...]
+        ctx.stash = _Stash([state[0], state[1], *buffers, *[t for k in ctx.checkpoint_keys for t in checkpoints[k]]])
+        ctx.n_buffers = len(buffers)
+        ctx.save_for_backward(*extra_values)  # an encoder's output: needed by every layer, to the end
         ar = stack.arith(h0.dtype)
         return ar.decode(state[0]), ar.decode(state[1])
 
     @staticmethod
     def backward(ctx, d1, d2):
         stack: ReversibleStack = ctx.stack
-        saved = list(ctx.saved_tensors)
-        n_extra = len(ctx.extras)
-        layer_ctx = {**ctx.static, **dict(zip(ctx.extras, saved[len(saved) - n_extra :]))}
-        saved = saved[: len(saved) - n_extra]
-        state = (saved[0], saved[1])
-        present = iter(saved[2 : 2 + sum(ctx.n_buffers)])
-        buffers = [next(present) if has else None for has in ctx.n_buffers]
-        rest = saved[2 + sum(ctx.n_buffers) :]
-        checkpoints = {k: (rest[2 * j], rest[2 * j + 1]) for j, k in enumerate(ctx.checkpoint_keys)}
+        stash, nb = ctx.stash, ctx.n_buffers
+        layer_ctx = {**ctx.static, **dict(zip(ctx.extras, ctx.saved_tensors))}
+        state = (stash.take(0), stash.take(1))
         ar = stack.arith(ctx.in_dtype)
         zeros = torch.zeros_like(ar.decode(state[0]))
         dstate = (d1 if d1 is not None else zeros, d2 if d2 is not None else zeros)
+        del d1, d2, zeros
         per_block = [b.trainable() for b in stack.blocks]
         all_params = [p for params in per_block for p in params]
         index = {id(p): j for j, p in enumerate(all_params)}
         pgrads: list[torch.Tensor | None] = [None] * len(all_params)
-        egrads: list[torch.Tensor | None] = [None] * n_extra
+        egrads: list[torch.Tensor | None] = [None] * len(ctx.extras)
         rebuilt = []
         for i in reversed(range(len(stack.blocks))):
             params = per_block[i]
-            state, dstate, grads = stack.backward_layer(
-                i, state, dstate, buffers[2 * i], buffers[2 * i + 1], ctx.replay, layer_ctx, ar, params, ctx.extras
+            carry = [state, dstate]
+            del state, dstate
+            state, dstate, grads, egrads = stack.backward_layer(
+                i, carry, stash.take(2 + 2 * i), stash.take(3 + 2 * i), ctx.replay, layer_ctx, ar, params,
+                ctx.extras, egrads,
             )
             if stack.trace is not None:  # diagnostics only: holding every layer's state would defeat the point
                 rebuilt.append(state)
-            if i in checkpoints:  # recompute="checkpoint_every=k": reset the drift to the stored exact state
-                state = checkpoints[i]
+            if i in ctx.checkpoint_keys:  # recompute="checkpoint_every=k": reset the drift to the stored exact state
+                j = 2 + nb + 2 * ctx.checkpoint_keys.index(i)
+                state = (stash.take(j), stash.take(j + 1))
             for p, g in zip(params, grads):
                 pgrads[index[id(p)]] = _add(pgrads[index[id(p)]], g)
-            egrads = [_add(a, b) for a, b in zip(egrads, grads[len(params) :])]
         if stack.trace is not None:
             for st in reversed(rebuilt):
                 stack._record("rebuilt", st, ar)

@@ -37,6 +37,8 @@ class BartAttnPiece(nn.Module):
 class BartFfnPiece(nn.Module):
     """fc1 -> act -> dropout -> fc2 -> dropout (+ adapter) -> LN(x + .)."""
 
+    tokenwise = True  # each token's output depends on that token only: it may run in token chunks
+
     def __init__(self, layer: nn.Module, adapter: nn.Module | None, mode: str) -> None:
         super().__init__()
         self.fc1, self.fc2, self.act, self.norm = layer.fc1, layer.fc2, layer.activation_fn, layer.final_layer_norm

@@ -16,16 +16,57 @@ import torch
 from torch import nn
 
 
-class Chain(nn.Module):
-    """Pieces applied in order. `pieces` lets the reversible backward recompute one piece at a time."""
+# Auto token chunking of token-wise pieces (the FFN): tokens per chunk along the sequence, at any batch.
+AUTO_TOKENS = 128
 
-    def __init__(self, pieces: Sequence[nn.Module]) -> None:
+
+def token_chunk(seq_len: int, chunk_tokens: int | str) -> int:
+    """Tokens per chunk along the sequence: `chunk_tokens`, AUTO_TOKENS for "auto", the whole sequence for 0."""
+    if chunk_tokens == "auto":
+        return min(seq_len, AUTO_TOKENS)
+    return min(seq_len, int(chunk_tokens)) if chunk_tokens else seq_len
+
+
+def piece_chunks(piece: nn.Module, x: torch.Tensor, chunk_tokens: int | str) -> list[slice] | None:
+    """The token slices a token-wise piece runs on (None: run it whole). x: (B, T, d)."""
+    if not getattr(piece, "tokenwise", False) or not chunk_tokens:
+        return None
+    c = token_chunk(x.shape[1], chunk_tokens)
+    return None if c >= x.shape[1] else [slice(s, s + c) for s in range(0, x.shape[1], c)]
+
+
+def run_piece(piece: nn.Module, x: torch.Tensor, ctx: dict, chunk_tokens: int | str) -> torch.Tensor:
+    """piece(x, **ctx), token chunk by token chunk for a token-wise piece: the same bits wherever it runs (forward,
+    the reversible recompute, the plain-autograd reference), since every path cuts at the same boundaries."""
+    slices = piece_chunks(piece, x, chunk_tokens)
+    if slices is None:
+        return piece(x, **ctx)
+    if torch.is_grad_enabled():
+        return torch.cat([piece(token_slice(x, sl), **ctx) for sl in slices], dim=1)  # (B, T, d)
+    out = torch.empty_like(x)
+    for sl in slices:
+        out[:, sl] = piece(token_slice(x, sl), **ctx)
+    return out
+
+
+def token_slice(x: torch.Tensor, sl: slice) -> torch.Tensor:
+    """x[:, sl] as a contiguous (B, c, d) tensor: a linear on the strided slice would run as a batched matmul with
+    the weight expanded per sequence, several times slower than one matmul."""
+    return x[:, sl].contiguous()
+
+
+class Chain(nn.Module):
+    """Pieces applied in order. `pieces` lets the reversible backward recompute one piece at a time; token-wise pieces
+    (attribute `tokenwise`) run in chunks of `chunk_tokens` tokens (0: whole, "auto": sized from the batch)."""
+
+    def __init__(self, pieces: Sequence[nn.Module], chunk_tokens: int | str = 0) -> None:
         super().__init__()
         self.pieces = nn.ModuleList(pieces)
+        self.chunk_tokens = chunk_tokens
 
     def forward(self, x: torch.Tensor, **ctx) -> torch.Tensor:
         for piece in self.pieces:
-            x = piece(x, **ctx)
+            x = run_piece(piece, x, ctx, self.chunk_tokens)
         return x  # (B, T, d)
 
 

@@ -26,6 +26,8 @@ class AttnCall(nn.Module):
 class FfnCall(nn.Module):
     """Intermediate -> output dense -> dropout (+ adapter) -> LN(. + x)."""
 
+    tokenwise = True  # each token's output depends on that token only: it may run in token chunks
+
     def __init__(self, intermediate: nn.Module, output: nn.Module) -> None:
         super().__init__()
         self.intermediate = intermediate

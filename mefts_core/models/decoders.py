@@ -27,6 +27,8 @@ class OptAttnPiece(nn.Module):
 class OptFfnPiece(nn.Module):
     """x + dropout(fc2(act(fc1(LN x)))) + adapter(LN x) (parallel) or with a series adapter on the branch."""
 
+    tokenwise = True  # each token's output depends on that token only: it may run in token chunks
+
     def __init__(self, layer: nn.Module, adapter: nn.Module | None, mode: str) -> None:
         super().__init__()
         self.norm, self.fc1, self.fc2, self.act = layer.final_layer_norm, layer.fc1, layer.fc2, layer.activation_fn
@@ -56,6 +58,8 @@ class LlamaAttnPiece(nn.Module):
 
 class LlamaFfnPiece(nn.Module):
     """x + mlp(RMSNorm x) + adapter(RMSNorm x) (parallel, as in RevLLaMA) or a series adapter on the branch."""
+
+    tokenwise = True  # each token's output depends on that token only: it may run in token chunks
 
     def __init__(self, layer: nn.Module, adapter: nn.Module | None, mode: str) -> None:
         super().__init__()
