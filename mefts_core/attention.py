@@ -51,21 +51,22 @@ def _chunk_probs(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None, sc
     return torch.softmax(scores, dim=-1)
 
 
-def _keep(like: torch.Tensor, p: float, seed: int, chunk: int) -> tuple[torch.Tensor, float]:
-    """The dropout keep-mask of one chunk (bool, shaped like `like`) and the 1/(1-p) scale: a function of (seed, chunk)
-    only. Each 64-bit draw gives four 16-bit uniforms, so p is rounded to a multiple of 2^-16 (0.1 -> 0.100006):
-    about a third of the generator time of one float draw per element, which dominates attention's dropout on CPU."""
+def _dropped(like: torch.Tensor, p: float, seed: int, chunk: int) -> tuple[torch.Tensor, float]:
+    """The dropout mask of one chunk (bool, True = dropped, shaped like `like`) and the 1/(1-p) scale: a function of
+    (seed, chunk) only. Each 64-bit draw gives four 16-bit uniforms, so p is rounded to a multiple of 2^-16
+    (0.1 -> 0.100006): about a third of the generator time of one float draw per element, which dominates attention's
+    dropout on CPU."""
     gen = torch.Generator(device=like.device).manual_seed((seed + chunk) % _SEED_MOD)
     n = like.numel()
     words = torch.empty((n + 3) // 4, dtype=torch.int64, device=like.device).random_(-(2**63), None, generator=gen)
-    drop = round(p * 65536)
-    keep = words.view(torch.int16)[:n].view(like.shape) >= drop - 32768  # (B, h, c, S)
-    return keep, 65536 / (65536 - drop)
+    cut = round(p * 65536)
+    drop = words.view(torch.int16)[:n].view(like.shape) < cut - 32768  # (B, h, c, S)
+    return drop, 65536 / (65536 - cut)
 
 
-def _dropout_(t: torch.Tensor, keep: torch.Tensor, scale: float) -> torch.Tensor:
+def _dropout_(t: torch.Tensor, drop: torch.Tensor, scale: float) -> torch.Tensor:
     """In place: zero the dropped entries and scale the rest (the same ops on probabilities and their gradient)."""
-    return t.mul_(keep).mul_(scale)
+    return t.masked_fill_(drop, 0.0).mul_(scale)
 
 
 class _ChunkedAttention(torch.autograd.Function):
@@ -77,7 +78,7 @@ class _ChunkedAttention(torch.autograd.Function):
         for j, s in enumerate(range(0, q.shape[-2], chunk)):
             probs = _chunk_probs(q[..., s : s + chunk, :], k, mask, scale, causal, s)
             if p > 0:
-                _dropout_(probs, *_keep(probs, p, seed, j))
+                _dropout_(probs, *_dropped(probs, p, seed, j))
             torch.matmul(probs, v, out=out[..., s : s + chunk, :])
         ctx.save_for_backward(q, k, v, mask)
         ctx.args = (scale, p, causal, chunk, seed)
@@ -85,24 +86,25 @@ class _ChunkedAttention(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dout):
+        """Per chunk, three (B, h, c, S) tensors at most: the probabilities, their gradient and the dropout mask."""
         q, k, v, mask = ctx.saved_tensors
         scale, p, causal, chunk, seed = ctx.args
-        dout = dout.contiguous()  # arrives as a transposed view of (B, T, h, e): slow batched matmuls
         dq, dk, dv = torch.empty_like(q), torch.zeros_like(k), torch.zeros_like(v)
         for j, s in enumerate(range(0, q.shape[-2], chunk)):
-            qc, doc = q[..., s : s + chunk, :], dout[..., s : s + chunk, :]  # (B, h, c, e)
+            # dout arrives as a transposed view of (B, T, h, e): batched matmuls on it would be slow
+            qc, doc = q[..., s : s + chunk, :], dout[..., s : s + chunk, :].contiguous()  # (B, h, c, e)
             probs = _chunk_probs(qc, k, mask, scale, causal, s)  # (B, h, c, S)
             dp = torch.matmul(doc, v.transpose(-1, -2))  # d(dropped probs)
+            drop = None
             if p > 0:
-                keep, kscale = _keep(probs, p, seed, j)
-                _dropout_(dp, keep, kscale)
-                dv.add_(torch.matmul(_dropout_(probs.clone(), keep, kscale).transpose(-1, -2), doc))
-                del keep
-            else:
-                dv.add_(torch.matmul(probs.transpose(-1, -2), doc))
-            # softmax backward: ds = P ⊙ (dP − rowsum(dP ⊙ P))
-            ds = dp.sub_((dp * probs).sum(-1, keepdim=True)).mul_(probs).mul_(scale)
-            del probs, dp
+                drop, kscale = _dropped(probs, p, seed, j)
+                _dropout_(dp, drop, kscale)
+            # softmax backward, in dp's storage: ds = P ⊙ (dP − rowsum(dP ⊙ P)) · scale
+            rowsum = torch.matmul(dp.unsqueeze(-2), probs.unsqueeze(-1)).squeeze(-1)  # (B, h, c, 1), no c×S temp
+            ds = dp.sub_(rowsum).mul_(probs).mul_(scale)
+            dropped = probs if drop is None else _dropout_(probs, drop, kscale)  # probs are no longer needed
+            dv.add_(torch.matmul(dropped.transpose(-1, -2), doc))
+            del probs, dropped, drop
             torch.matmul(ds, k, out=dq[..., s : s + chunk, :])
             dk.add_(torch.matmul(ds.transpose(-1, -2), qc))
         return dq, dk, dv, None, None, None, None, None, None
