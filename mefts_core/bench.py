@@ -103,30 +103,45 @@ PRESETS: dict[str, dict[str, Any]] = {
 # ------------------------------------------------------------------------------------------------ the grid
 
 
-def parse_method(label: str) -> tuple[str, dict[str, Any]]:
-    """"lora+gc" -> ("lora", {"gradient_checkpointing": True}); "meft1-float" -> ("meft1", {"recompute": "float",
-    "error_budget": None}); "meft2-ck4" -> ("meft2", {"recompute": "checkpoint_every=4", "error_budget": None}); a MEFT label ending in
-    "-layer" ("meft1-exact-layer") adds {"recompute_unit": "layer"}.
+_BASELINE_SUFFIXES = {"+gc": {"gradient_checkpointing": True}, "+offload": {"offload_activations": True},
+                      "+ff": {"ffn_chunk": 128}}
+_MEFT_SUFFIXES = {"layer": {"recompute_unit": "layer"}, "sublayer": {"recompute_unit": "sublayer"},
+                  "nochunk": {"chunk_tokens": 0}}
 
-    Raises ValueError naming the label when it is not a method with a known suffix.
+
+def parse_method(label: str) -> tuple[str, dict[str, Any]]:
+    """A bench label -> (method, options) for apply_method.
+
+    Non-MEFT methods take any of "+gc" (gradient checkpointing), "+ff" (Hugging Face's FFN chunking, 128 tokens) and
+    "+offload" (activations saved to CPU memory): "lora+gc+ff". MEFT takes a mode, "-exact" (default), "-float" (the
+    paper's arithmetic; its error budget is lifted so random weights can be measured) or "-ckK" (float with an exact
+    checkpoint every K layers), then any of "-layer" / "-sublayer" (recompute_unit) and "-nochunk" (chunk_tokens=0):
+    "meft1-exact-nochunk-sublayer" is the engine before chunking.
+
+    Raises ValueError naming the label when it is not a method with known suffixes.
     """
     base, opts = label, {}
-    if base.endswith("+gc"):
-        base, opts = base[:-3], {"gradient_checkpointing": True}
+    while any(base.endswith(sfx) for sfx in _BASELINE_SUFFIXES):
+        sfx = next(sfx for sfx in _BASELINE_SUFFIXES if base.endswith(sfx))
+        base, opts = base.removesuffix(sfx), opts | _BASELINE_SUFFIXES[sfx]
     if base.startswith(MEFT_METHODS) and "-" in base:
-        base, mode = base.split("-", 1)
-        if mode.endswith("-layer"):
-            mode, opts = mode.removesuffix("-layer"), {"recompute_unit": "layer"}
+        base, mode, *flags = base.split("-")
         if mode == "float":
             opts |= {"recompute": "float", "error_budget": None}
         elif mode.startswith("ck") and mode[2:].isdigit() and int(mode[2:]) >= 1:
             opts |= {"recompute": f"checkpoint_every={int(mode[2:])}", "error_budget": None}
         elif mode != "exact":
             raise ValueError(f"method={label!r}: unknown MEFT mode {mode!r}; use -exact, -float or -ckK, "
-                             "optionally followed by -layer")
-    if base not in METHODS or (base in MEFT_METHODS and opts.get("gradient_checkpointing")):
-        raise ValueError(f"method={label!r}: expected one of {', '.join(METHODS)} with an optional +gc "
-                         "(non-MEFT) or -exact/-float/-ckK (MEFT) suffix")
+                             f"optionally followed by {', '.join('-' + f for f in _MEFT_SUFFIXES)}")
+        for flag in flags:
+            if flag not in _MEFT_SUFFIXES:
+                raise ValueError(f"method={label!r}: unknown MEFT suffix {flag!r}; use "
+                                 f"{', '.join('-' + f for f in _MEFT_SUFFIXES)}")
+            opts |= _MEFT_SUFFIXES[flag]
+    if base not in METHODS or (base in MEFT_METHODS and set(opts) & {"gradient_checkpointing", "offload_activations",
+                                                                      "ffn_chunk"}):
+        raise ValueError(f"method={label!r}: expected one of {', '.join(METHODS)} with optional "
+                         f"{'/'.join(_BASELINE_SUFFIXES)} (non-MEFT) or -exact/-float/-ckK (MEFT) suffixes")
     return base, opts
 
 

@@ -22,21 +22,38 @@ def _check(cond: bool, name: str, value: Any, why: str) -> None:
 
 
 @dataclass
-class FullOptions:
+class BaselineOptions:
+    """Memory options every non-reversible method takes (the peers MEFT is measured against)."""
+
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute each layer in backward"})
+    offload_activations: bool = field(
+        default=False,
+        metadata={"help": "keep what autograd saves in CPU memory until backward (torch.autograd.graph.save_on_cpu); "
+                          "a GPU-memory saving, a no-op on CPU"},
+    )
+    ffn_chunk: int = field(
+        default=0,
+        metadata={"help": "BERT/RoBERTa: run the FFN in chunks of this many tokens (Hugging Face's "
+                          "chunk_size_feed_forward); 0: off"},
+    )
+
+    def __post_init__(self) -> None:
+        _check(isinstance(self.ffn_chunk, int) and not isinstance(self.ffn_chunk, bool) and self.ffn_chunk >= 0,
+               "ffn_chunk", self.ffn_chunk, "must be an integer >= 0 (0: off)")
+
+
+@dataclass
+class FullOptions(BaselineOptions):
     """Full fine-tuning: every parameter trains."""
 
-    gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute each layer in backward"})
-
 
 @dataclass
-class BitFitOptions:
+class BitFitOptions(BaselineOptions):
     """BitFit: only bias terms (and the head) train."""
 
-    gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute each layer in backward"})
-
 
 @dataclass
-class LoraOptions:
+class LoraOptions(BaselineOptions):
     """LoRA from the peft library."""
 
     r: int = field(default=8, metadata={"help": "rank of the update"})
@@ -45,9 +62,9 @@ class LoraOptions:
     target_modules: list[str] | None = field(
         default=None, metadata={"help": "module names to wrap; default: the attention query and value"}
     )
-    gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute each layer in backward"})
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         _check(isinstance(self.r, int) and self.r >= 1, "r", self.r, "must be an integer >= 1")
         _check(self.alpha > 0, "alpha", self.alpha, "must be > 0")
         _check(0.0 <= self.dropout < 1.0, "dropout", self.dropout, "must be in [0, 1)")
@@ -64,15 +81,15 @@ ADAPTER_PLACEMENTS = ("pfeiffer", "houlsby", "parallel")
 
 
 @dataclass
-class AdapterOptions:
+class AdapterOptions(BaselineOptions):
     """Bottleneck adapters (Houlsby: after attention and FFN; Pfeiffer: after the FFN; parallel: beside the FFN)."""
 
     bottleneck: int = field(default=64, metadata={"help": "adapter hidden width r"})
     placement: str = field(default="pfeiffer", metadata={"help": "one of " + ", ".join(ADAPTER_PLACEMENTS)})
     adapter_init_std: float = field(default=0.02, metadata={"help": "std of the N(0, std^2) adapter weight init"})
-    gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute each layer in backward"})
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         _check(isinstance(self.bottleneck, int) and self.bottleneck >= 1, "bottleneck", self.bottleneck, "must be >= 1")
         _check(self.placement in ADAPTER_PLACEMENTS, "placement", self.placement, f"must be one of {ADAPTER_PLACEMENTS}")
         _check(self.adapter_init_std >= 0, "adapter_init_std", self.adapter_init_std, "must be >= 0")

@@ -279,16 +279,17 @@ def _head(s: _Shape, pooler_trains: bool, labels: int) -> float:
 def _meft(s: _Shape, t: _Train, opts: Any, n_layers: int) -> dict[str, float]:
     """Stored bytes and the backward peak of the reversible stack (mefts_core.reversible), in bytes.
 
-    The peak is the largest of a few moments of one layer's backward_pass, each a sum of tensors alive then
-    (u = one n·d float tensor, w = one n·d stream tensor: int64 in exact mode):
-    - always: the saved top state and buffers; a zeros tensor and the Function's two output grads (3u); below the
-      top layer also the current state (2w) and its grads dy1, dy2 (2u);
-    - inside a whole-layer chain (MEFT1's F, MEFT2's G), recomputed a piece at a time: the attention piece's
-      output (u) and, while the attention piece runs, the chain's output and its grad (2u); plus the piece's own
-      saved tensors and backward transient (recompute_unit="layer": the attention piece's saved tensors stay
-      alive while the FFN piece's backward runs);
-    - MEFT1/MEFT3's F comes after G, so G's output grad and the new dy1 (2u) and the rebuilt stream x2 (w) are
-      alive too; exact mode decodes F's or G's input to a float copy (u).
+    Stored: the top state (two n·d streams; int64 in exact mode), exact mode's remainder buffers (one per scaled
+    stream per layer, 4 bits per element for λ = 1/10) and any checkpointed states. The peak is the largest of a few
+    moments of one layer's backward (u = one n·d float tensor, w = one n·d stream tensor):
+    - always: the head's and the merge's gradients, held until the stack's backward returns (3u);
+    - the first function inverted (G; MEFT2's G is the whole layer): the layer's output state (2w), its gradients
+      (2u) and the decoded input (u), plus the function's recompute;
+    - the second (F): the other output stream and the rebuilt one (2w), dy1 and the bypass gradient (2u), the
+      decoded input (u), plus F's recompute;
+    - exact mode, after F: rounding F's output to fixed point (its float copy u and int64 result w).
+    A whole layer recomputed with chunking on (`_chain`): the attention piece's graph, alive while the FFN runs one
+    token chunk at a time (its output and input gradient are full n·d tensors, 2u), then the attention backward.
     """
     from fractions import Fraction
 
@@ -305,30 +306,55 @@ def _meft(s: _Shape, t: _Train, opts: Any, n_layers: int) -> dict[str, float]:
     checkpoints = ((n_rev - 1) // k) * 2 * w if k else 0.0
     stored = 2 * w + buffers + checkpoints
 
-    attn, _ = _attn_saved(s, t, True)
-    attn.pop("x", None)
+    attn_saved, attn_tr = _meft_attention(s, t, opts.chunk_tokens)
     ffn, _ = _ffn_saved(s, t, True)
     ffn.pop("x", None)
-    p_attn = sum(attn.values()) + _attn_transient(s)  # one piece recomputed with grad, at its backward's peak
-    p_ffn = sum(ffn.values()) + _ffn_transient(s, t, ffn)
-    p_adapter = _adapter_saved(s, t.ffn_adapter, True) + 3 * u
-    if opts.recompute_unit == "layer":  # the whole chain's graph: attention's saved tensors stay while the FFN runs
-        chain = max(u + sum(attn.values()) + p_ffn, u + 2 * u + p_attn)
-    else:  # attention piece output (+ chain output and grad) + one piece
-        chain = max(u + 2 * u + p_attn, u + p_ffn)
+    ffn_work = sum(ffn.values()) + _ffn_transient(s, t, ffn)  # one FFN recomputed whole, at its backward's peak
+    chunk = _token_chunk(s.T, opts.chunk_tokens)
+    ffn_chunk = ffn_work * chunk / s.T + (2 * u if chunk < s.T else 0.0)  # + its full-size output and input grad
+    adapter = _adapter_saved(s, t.ffn_adapter, True) + 3 * u
+    attn_work = attn_saved + attn_tr + u  # + the piece's output
+    if opts.recompute_unit == "layer":  # one graph for the attention side, alive while the FFN runs
+        chain = attn_saved + u + max(ffn_chunk, attn_tr + u)
+    else:  # one piece at a time, after a no-graph pass that keeps the attention piece's output
+        chain = max(u + ffn_chunk, attn_work)
 
-    base = 3 * u + ((2 * w + 2 * u) if n_rev > 1 else 0.0)
-    after_g = 2 * u + w  # G's output grad, the new dy1, the rebuilt x2 (while F runs)
-    decoded = u if exact else 0.0
+    first = 3 * u + 2 * w + 3 * u  # head/merge grads; the output state, its grads and the decoded input
+    second = 3 * u + 2 * w + 3 * u  # head/merge grads; the other stream and the rebuilt one, dy1 and seed, decoded
     if opts.variant == "meft1":
-        moments = [base + decoded + p_adapter, base + after_g + decoded + chain]
+        moments = [first + adapter, second + chain]
     elif opts.variant == "meft2":
-        moments = [base + decoded + chain, base + after_g + decoded + p_adapter]
+        moments = [first + chain, second + adapter]
     else:
-        moments = [base + decoded + p_ffn, base + after_g + decoded + p_attn]
-    if exact:  # rounding F's output to fixed point: its float64 copy and the int64 result (2 w), in place after
-        moments.append(base + after_g + 2 * u + 2 * w)
-    return {"stored": stored, "working": max(moments)}
+        moments = [first + ffn_chunk, second + attn_work]
+    if exact:  # rounding F's output to fixed point: its float copy and the int64 result, beside F's output
+        moments.append(3 * u + 3 * w + 4 * u)
+    return {"stored": stored, "top": 2 * w, "working": max(moments), "moments": moments}
+
+
+def _token_chunk(T: int, chunk_tokens: int | str) -> int:
+    from mefts_core.models.base import token_chunk
+
+    return token_chunk(T, chunk_tokens)
+
+
+def _meft_attention(s: _Shape, t: _Train, chunk_tokens: int | str) -> tuple[float, float]:
+    """(saved, backward transient) of a MEFT layer's attention piece recomputed with grad. With chunking on a CPU with
+    attention dropout, the chunked kernel (mefts_core.attention) saves q, k, v and its backward holds dq, dk, dv, one
+    chunk of the output gradient and three (B, h, chunk, T) tensors (probabilities, their gradient, the mask with its
+    random words); otherwise SDPA's math or fused path as for the other methods."""
+    from mefts_core.attention import attention_chunk
+
+    chunked = bool(chunk_tokens) and not s.fused_attention and s.p_attn > 0
+    shape = _Shape(**{**asdict(s), "fused_attention": s.fused_attention or chunked})
+    attn, _ = _attn_saved(shape, t, True)
+    attn.pop("x", None)
+    if not chunked:
+        return sum(attn.values()), _attn_transient(s)
+    attn["sdpa"] = s.nd(3)  # q, k, v: the output is not kept
+    c = attention_chunk(s.T, chunk_tokens)
+    scores = s.B * s.h * c * s.T
+    return sum(attn.values()), s.nd(4) + scores * (2 * s.e + 1 + 2) + s.nd() * c / s.T
 
 
 def estimate_memory(backbone: str, method: str, batch_size: int, seq_len: int, layers: int | None = None,
@@ -389,6 +415,8 @@ def estimate_memory(backbone: str, method: str, batch_size: int, seq_len: int, l
     optimizer_bytes = 2 * trainable_bytes + 8 * summary["n_trainable"]  # exp_avg, exp_avg_sq, a scalar step each
     opt_step = 2 * summary["largest_trainable"] if device == "cpu" else trainable_bytes
 
+    if getattr(opts, "offload_activations", False) and device == "cuda":
+        raise NotImplementedError("offload_activations on cuda: the saved tensors leave the card; not estimated")
     train, emb_rg = _train_spec(method, opts, cfg)
     gc_on = bool(getattr(opts, "gradient_checkpointing", False))
     # HF's checkpointing makes the embeddings' output require grad (enable_input_require_grads), so that each
@@ -428,7 +456,8 @@ def estimate_memory(backbone: str, method: str, batch_size: int, seq_len: int, l
     if meft:
         # by the time the reversible backward runs, the upper layers, merge and head have been freed
         # + a new gradient for every block parameter, held by the Function until its backward returns
-        act_peak = max(act_peak, terms["embeddings"] + m["stored"] + m["working"] + trainable_bytes)
+        # (the top state is part of the first layer's working set: it is released as that layer is inverted)
+        act_peak = max(act_peak, terms["embeddings"] + m["stored"] - m["top"] + m["working"] + trainable_bytes)
     if method == "full":  # the dense word-embedding gradient at the end of backward, beside the incoming grad
         act_peak = max(act_peak, cfg.vocab_size * s.d * e + s.nd())
 

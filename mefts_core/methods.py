@@ -72,6 +72,10 @@ def apply_method(model: nn.Module, method: str, **options: Any) -> nn.Module:
         p.requires_grad_(id(p) in keep)
     if getattr(opts, "gradient_checkpointing", False):
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    if getattr(opts, "ffn_chunk", 0):
+        _chunk_ffn(model, family, opts.ffn_chunk)
+    if getattr(opts, "offload_activations", False):
+        _offload_activations(model)
     model._mefts_method = method
     model._mefts_options = opts
     return model
@@ -111,6 +115,33 @@ def _apply_adapters(base: nn.Module, family, opts: AdapterOptions) -> list[nn.Pa
             chains.append(Chain([*attn, ffn]))
         install(layers, 0, None, None, chains, keys)
     return [p for m in made for p in m.parameters()]
+
+
+def _chunk_ffn(model: nn.Module, family, chunk: int) -> None:
+    """Hugging Face's own FFN chunking (BertLayer.chunk_size_feed_forward); mefts' adapter layers chunk the same way."""
+    if family is not BertFamily:
+        raise ValueError(f"ffn_chunk={chunk}: Hugging Face chunks the FFN of BERT/RoBERTa only, not of "
+                         f"model_type={model.config.model_type!r}")
+    model.config.chunk_size_feed_forward = chunk
+    for m in model.modules():
+        if hasattr(m, "chunk_size_feed_forward"):
+            m.chunk_size_feed_forward = chunk
+        if isinstance(m, Chain):
+            m.chunk_tokens = chunk
+
+
+def _offload_activations(model: nn.Module) -> None:
+    """Every forward runs under save_on_cpu: what autograd saves waits in (pinned, on CUDA) CPU memory for backward."""
+    import torch
+
+    forward = model.forward
+
+    def offloaded(*args, **kwargs):
+        pin = next(model.parameters()).device.type == "cuda"
+        with torch.autograd.graph.save_on_cpu(pin_memory=pin):
+            return forward(*args, **kwargs)
+
+    model.forward = offloaded
 
 
 def meft_stacks(model: nn.Module) -> list[nn.Module]:
