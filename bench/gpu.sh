@@ -8,12 +8,14 @@
 #   TESTS  the CUDA tests (tests/mefts_core/test_gpu.py and every test marked gpu): exact inversion with GPU kernels,
 #          CUDA dropout replay, bf16 autocast, the allocator's peaks.
 #   TABLE  the key table: BERT-base shape (random init), seq 512, batch 8, fp32, AdamW; depths 12, 24, 48; full,
-#          full+gc, lora, lora+gc, meft1 exact/float (sub-layer recompute) and meft1-exact-layer. One
+#          full+gc, lora, the LoRA + checkpointing peers (plain, with HF's FFN chunking, with activation offloading),
+#          meft1 (the default engine: chunked recompute), the engine before chunking (-nochunk-sublayer) and the
+#          paper's float arithmetic. One
 #          `python -m mefts_core.bench` process per depth, under a timeout, so a depth that crashes or hangs is
 #          reported and the others stay; a point that runs out of memory is a "does not fit" row.
 #   STEP   interleaved step times (bench/step_time.py) at 12 layers: the step-time ratios against LoRA and LoRA+gc.
 #   PROFILE where a step's time goes (bench/profile_step.py): kernel time against wall time, host syncs, top ops.
-#   FITS   the largest batch that fits 24 GiB at seq 512, 12 layers, by search with real OOMs (FITS_METHODS).
+#   FITS   the largest batch that fits 24 GiB at seq 512, 12 and 24 layers, by search with real OOMs (FITS_METHODS).
 # A global deadline (BUDGET_S, default 450 s) skips whatever is still queued when it passes.
 #
 # A bare GPU machine has PyTorch and transformers but not this project's versions of transformers/peft, nor the
@@ -50,8 +52,8 @@ OUT=${OUT:-/tmp/mefts-gpu-bench}
 SEQ=${SEQ:-512}
 BATCH=${BATCH:-8}
 LAYERS=${LAYERS:-"12 24 48"}
-METHODS=${METHODS:-"full,full+gc,lora,lora+gc,meft1-exact,meft1-float,meft1-exact-layer"}
-STEP_METHODS=${STEP_METHODS:-"lora,lora+gc,meft1-exact,meft1-exact-layer,meft1-float,meft1-float-layer"}
+METHODS=${METHODS:-"full,full+gc,lora,lora+gc,lora+gc+ff,lora+gc+offload,meft1,meft1-exact-nochunk-sublayer,meft1-float"}
+STEP_METHODS=${STEP_METHODS:-"lora,lora+gc,lora+gc+ff,lora+gc+offload,meft1,meft1-exact-nochunk-sublayer,meft1-float"}
 ROW_TIMEOUT=${ROW_TIMEOUT:-150}
 BUDGET_S=${BUDGET_S:-450}
 WARMUP=${WARMUP:-2}
@@ -60,8 +62,8 @@ ROUNDS=${ROUNDS:-10}
 BACKBONE=${BACKBONE:-bert-base}
 DEVICE=${DEVICE:-cuda}
 TESTS=${TESTS:-1} TABLE=${TABLE:-1} STEP=${STEP:-1} PROFILE=${PROFILE:-1} FITS=${FITS:-1}
-PROFILE_METHODS=${PROFILE_METHODS:-"lora+gc,meft1-exact,meft1-float-layer"}
-FITS_METHODS=${FITS_METHODS:-"lora+gc,meft1-exact"}
+PROFILE_METHODS=${PROFILE_METHODS:-"lora+gc,meft1,meft1-float"}
+FITS_METHODS=${FITS_METHODS:-"lora+gc,lora+gc+offload,meft1"}
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
 
 start=$(date +%s)
@@ -149,9 +151,11 @@ fi
 
 if [[ "$FITS" == "1" ]]; then
   for method in ${FITS_METHODS//,/ }; do  # one process per method: a search cut off by the deadline loses only itself
-    run "fits-$method" 120 "$PY" -m mefts_core.bench --backbone "$BACKBONE" --methods "$method" --layers 12 \
-      --seq-len "$SEQ" --batch-size "$BATCH" --device "$DEVICE" --repeats 1 --warmup 1 --no-progress \
-      --fits 24 --fits-only --fits-output "$WORK/fits-$method.json"
+    for depth in 12 24; do
+      run "fits-$method-$depth" 120 "$PY" -m mefts_core.bench --backbone "$BACKBONE" --methods "$method" \
+        --layers "$depth" --seq-len "$SEQ" --batch-size "$BATCH" --device "$DEVICE" --repeats 1 --warmup 1 \
+        --no-progress --fits 24 --fits-only --fits-output "$WORK/fits-$method-$depth.json"
+    done
   done
   "$PY" -c 'import json, sys; json.dump([r for f in sys.argv[1:] for r in json.load(open(f))], sys.stdout, indent=1)' \
     "$WORK"/fits-*.json > "$OUT/fits.json" 2>/dev/null || true
@@ -181,7 +185,7 @@ if [[ -f "$WORK/profile.log" ]]; then
 fi
 if compgen -G "$WORK/fits-*.log" > /dev/null; then
   echo
-  echo "## Largest batch that fits 24 GiB at seq $SEQ, 12 layers"
+  echo "## Largest batch that fits 24 GiB at seq $SEQ, 12 and 24 layers"
   cat "$WORK"/fits-*.log | grep '^|' | awk '!seen[$0]++' || true
 fi
 if (( ${#notes[@]} )); then
