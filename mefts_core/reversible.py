@@ -119,25 +119,32 @@ class ReversibleStack(nn.Module):
             self.trace[key].append(torch.cat([ar.decode(state[0]), ar.decode(state[1])], -1).clone())
 
     # -- forward -------------------------------------------------------------------------------------------------
-    def forward(self, h0: torch.Tensor, **ctx: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        """h0: (B, T, d) float -> two (B, T, d) float streams.
+    def forward(self, h0: torch.Tensor, merge: nn.Module | None = None, **ctx: Any):
+        """h0: (B, T, d) float -> two (B, T, d) float streams, or with `merge` the merged (B, T, d) hidden state.
 
         `ctx` is passed to every F and G call (masks, rotary embeddings, an encoder's output for cross-attention).
         Context tensors that require grad (the encoder output) get their gradient summed over the layers.
+        A `merge` given here runs inside the reversible Function: nothing of it is saved in forward (backward
+        recomputes it from the top state), and autograd hands backward one n·d gradient instead of two.
         """
         replay = self._replay(h0)
         params = [p for b in self.blocks for p in b.trainable()]
         extras = [k for k, v in ctx.items() if isinstance(v, torch.Tensor) and v.requires_grad]
         needs_graph = torch.is_grad_enabled() and (h0.requires_grad or len(params) + len(extras) > 0)
         if self.vanilla and needs_graph:
-            return self._forward_autograd(h0, replay, ctx)
+            out = self._forward_autograd(h0, replay, ctx)
+            return out if merge is None else merge(*out)
         if not needs_graph:  # eval / no_grad: no Function, no graph, no buffers kept
             with torch.no_grad():
                 (s1, s2), _, _ = self.run_forward(h0, replay, ctx)
-            ar = self.arith(h0.dtype)
-            return ar.decode(s1), ar.decode(s2)
+                ar = self.arith(h0.dtype)
+                out = ar.decode(s1), ar.decode(s2)
+                return out if merge is None else merge(*out)
         static = {k: v for k, v in ctx.items() if k not in extras}
-        return _RevFunction.apply(self, replay, static, extras, h0, *[ctx[k] for k in extras], *params)
+        merge_params = [p for p in merge.parameters() if p.requires_grad] if merge is not None else []
+        outs = _RevFunction.apply(self, replay, static, extras, merge, len(merge_params), h0,
+                                  *[ctx[k] for k in extras], *merge_params, *params)
+        return outs if merge is None else outs[0]
 
     def run_forward(self, h0: torch.Tensor, replay: _Replay, ctx: dict, keep: bool = False):
         """The coupling without autograd. Returns the top state, the remainder buffers and the checkpoints."""
@@ -238,7 +245,7 @@ class ReversibleStack(nn.Module):
         x2 = ar.unscale(ar.sub(y2, g), buf_b, self.beta, owned=True)
         del y2, g, buf_b
         x2 = x2 + y1 if self.g_residual else x2
-        seed2 = dy2 * float(self.beta) - dy1 * float(self.lam) if self.f_residual else dy2 * float(self.beta)
+        seed2 = dy2 * float(self.beta) - dy1 * float(self.lam) if self.f_residual else _times(dy2, self.beta)
         del dy2
         f, dx2, grads_f, egrads = self._vjp(block.f, ar.decode(x2), dy1, params, replay, i, 0, ctx, extras, seed2,
                                             egrads)
@@ -246,7 +253,7 @@ class ReversibleStack(nn.Module):
         x1 = ar.unscale(ar.sub(y1, f), buf_l, self.lam, owned=True)
         del y1, f
         x1 = x1 + x2 if self.f_residual else x1
-        dx1 = dy1 * float(self.lam)
+        dx1 = _times(dy1, self.lam)
         return (x1, x2), (dx1, dx2), [_add(a, b) for a, b in zip(grads_g, grads_f)], egrads
 
     def _vjp(self, fn: nn.Module, x: torch.Tensor, dout: torch.Tensor, params, replay: _Replay, i: int,
@@ -380,6 +387,11 @@ class _Exact(torch.autograd.Function):
         return None, grad
 
 
+def _times(t: torch.Tensor, factor: Fraction) -> torch.Tensor:
+    """t·factor, without a copy for a factor of 1 (MEFT1's β, MEFT2's λ): the same values, one n·d tensor less."""
+    return t if factor == 1 else t * float(factor)
+
+
 def _add(a, b):
     if a is None:
         return b
@@ -410,9 +422,11 @@ class _RevFunction(torch.autograd.Function):
     """Forward runs the stack without a graph and keeps only the top state and the exact-mode buffers."""
 
     @staticmethod
-    def forward(ctx, stack: ReversibleStack, replay: _Replay, static: dict, extras: list[str], h0: torch.Tensor,
-                *tensors):
+    def forward(ctx, stack: ReversibleStack, replay: _Replay, static: dict, extras: list[str], merge, n_merge: int,
+                h0: torch.Tensor, *tensors):
         extra_values = [t.detach() for t in tensors[: len(extras)]]
+        ctx.merge, ctx.n_merge = merge, n_merge
+        ctx.merge_params = list(tensors[len(extras) : len(extras) + n_merge])
         layer_ctx = {**static, **dict(zip(extras, extra_values))}
         state, buffers, checkpoints = stack.run_forward(h0, replay, layer_ctx, keep=True)
         ctx.stack, ctx.replay, ctx.static, ctx.extras = stack, replay, static, tuple(extras)
@@ -423,16 +437,28 @@ class _RevFunction(torch.autograd.Function):
         ctx.n_buffers = len(buffers)
         ctx.save_for_backward(*extra_values)  # an encoder's output: needed by every layer, to the end
         ar = stack.arith(h0.dtype)
+        if merge is not None:
+            return (merge(ar.decode(state[0]), ar.decode(state[1])),)  # (B, T, d); grad is off in here
         return ar.decode(state[0]), ar.decode(state[1])
 
     @staticmethod
-    def backward(ctx, d1, d2):
+    def backward(ctx, *douts):
         stack: ReversibleStack = ctx.stack
         stash, nb = ctx.stash, ctx.n_buffers
         layer_ctx = {**ctx.static, **dict(zip(ctx.extras, ctx.saved_tensors))}
         state = (stash.take(0), stash.take(1))
         ar = stack.arith(ctx.in_dtype)
-        zeros = torch.zeros_like(ar.decode(state[0]))
+        mgrads: list[torch.Tensor | None] = []
+        if ctx.merge is not None:  # the merge's own backward, as plain autograd runs it (same ops, same bits)
+            with torch.enable_grad():
+                s1, s2 = (ar.decode(t).requires_grad_(True) for t in state)
+                d1, d2, *mgrads = torch.autograd.grad(ctx.merge(s1, s2), [s1, s2, *ctx.merge_params], douts[0],
+                                                      allow_unused=True)
+            del s1, s2
+        else:
+            d1, d2 = douts
+        del douts
+        zeros = torch.zeros_like(ar.decode(state[0])) if d1 is None or d2 is None else None
         dstate = (d1 if d1 is not None else zeros, d2 if d2 is not None else zeros)
         del d1, d2, zeros
         per_block = [b.trainable() for b in stack.blocks]
@@ -462,4 +488,4 @@ class _RevFunction(torch.autograd.Function):
         ar.check()
         stack.check_reconstruction(*state, ar)
         dh0 = dstate[0] + dstate[1]  # both streams start as h0
-        return None, None, None, None, dh0.to(ctx.in_dtype), *egrads, *pgrads
+        return None, None, None, None, None, None, dh0.to(ctx.in_dtype), *egrads, *mgrads, *pgrads

@@ -118,7 +118,7 @@ class StackEntry(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         ctx = self._bind(hidden_states, args, kwargs)
-        return self.merge(*self.stack(hidden_states, **ctx))  # (B, T, d)
+        return self.stack(hidden_states, merge=self.merge, **ctx)  # (B, T, d)
 
 
 class Passthrough(nn.Module):
