@@ -76,7 +76,7 @@ class _ChunkedAttention(torch.autograd.Function):
     def forward(ctx, q, k, v, mask, scale: float, p: float, causal: bool, chunk: int, seed: int):
         out = torch.empty(*q.shape[:-1], v.shape[-1], dtype=q.dtype, device=q.device)
         for j, s in enumerate(range(0, q.shape[-2], chunk)):
-            probs = _chunk_probs(q[..., s : s + chunk, :], k, mask, scale, causal, s)
+            probs = _chunk_probs(q[..., s : s + chunk, :].contiguous(), k, mask, scale, causal, s)
             if p > 0:
                 _dropout_(probs, *_dropped(probs, p, seed, j))
             torch.matmul(probs, v, out=out[..., s : s + chunk, :])
@@ -91,13 +91,12 @@ class _ChunkedAttention(torch.autograd.Function):
         scale, p, causal, chunk, seed = ctx.args
         dq, dk, dv = torch.empty_like(q), torch.zeros_like(k), torch.zeros_like(v)
         for j, s in enumerate(range(0, q.shape[-2], chunk)):
-            # dout arrives as a transposed view of (B, T, h, e): batched matmuls on it would be slow
-            qc, doc = q[..., s : s + chunk, :], dout[..., s : s + chunk, :].contiguous()  # (B, h, c, e)
+            # q and dout are transposed views of (B, T, h, e): batched matmuls on them would be slow
+            qc, doc = q[..., s : s + chunk, :].contiguous(), dout[..., s : s + chunk, :].contiguous()  # (B, h, c, e)
             probs = _chunk_probs(qc, k, mask, scale, causal, s)  # (B, h, c, S)
+            drop, kscale = _dropped(probs, p, seed, j) if p > 0 else (None, 1.0)  # its random words freed before dp
             dp = torch.matmul(doc, v.transpose(-1, -2))  # d(dropped probs)
-            drop = None
-            if p > 0:
-                drop, kscale = _dropped(probs, p, seed, j)
+            if drop is not None:
                 _dropout_(dp, drop, kscale)
             # softmax backward, in dp's storage: ds = P ⊙ (dP − rowsum(dP ⊙ P)) · scale
             rowsum = torch.matmul(dp.unsqueeze(-2), probs.unsqueeze(-1)).squeeze(-1)  # (B, h, c, 1), no c×S temp
@@ -126,8 +125,9 @@ def chunked_attention_forward(module: nn.Module, query: torch.Tensor, key: torch
     chunk = attention_chunk(query.shape[-2], getattr(module.config, "mefts_chunk_tokens", "auto"))
     # one draw from the global generator: the reversible replay restores it, so the recompute gets the same seed
     seed = int(torch.randint(0, _SEED_MOD, (1,)).item())
-    # HF hands over transposed views of (B, T, h, e); batched matmuls on them are several times slower
-    query, key, value = query.contiguous(), key.contiguous(), value.contiguous()
+    # HF hands over transposed views of (B, T, h, e); batched matmuls on them are several times slower. Keys and
+    # values are read whole by every chunk: copied once; queries a chunk at a time (HF's tensor stays alive anyway).
+    key, value = key.contiguous(), value.contiguous()
     out = _ChunkedAttention.apply(query, key, value, attention_mask, float(scale), float(dropout), causal, chunk,
                                   seed)
     return out.transpose(1, 2).contiguous(), None  # (B, T, h, e)

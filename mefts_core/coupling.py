@@ -29,8 +29,8 @@ class FloatArith:
     def decode(self, s: torch.Tensor) -> torch.Tensor:
         return s
 
-    def scale(self, s: torch.Tensor, factor: Fraction) -> tuple[torch.Tensor, None]:
-        return s * float(factor), None
+    def scale(self, s: torch.Tensor, factor: Fraction, owned: bool = False) -> tuple[torch.Tensor, None]:
+        return (s.mul_(float(factor)) if owned else s * float(factor)), None
 
     def unscale(self, s: torch.Tensor, buf: None, factor: Fraction, owned: bool = False) -> torch.Tensor:
         if factor == 0:
@@ -85,13 +85,15 @@ class ExactArith:
             return s.to(torch.float32).div_(self.one)
         return s.double().div_(self.one).to(self.dtype)
 
-    def scale(self, s: torch.Tensor, factor: Fraction) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def scale(self, s: torch.Tensor, factor: Fraction, owned: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """s·p/q as a floor division and the packed remainders. owned=True: `s` may be overwritten (a stream the
+        forward no longer needs), which saves one stream's bytes."""
         p, q = factor.numerator, factor.denominator
-        sp = s * p if p != 1 else s
+        sp = (s.mul_(p) if owned else s * p) if p != 1 else s
         if q == 1:
             return sp, None
         rem = torch.remainder(sp, q).to(torch.uint8)  # floor remainder, in [0, q): q <= 256 is checked by the config
-        out = sp.sub_(rem) if sp is not s else sp - rem  # a multiple of q now, so the division below is exact
+        out = sp.sub_(rem) if sp is not s or owned else sp - rem  # a multiple of q now: the division below is exact
         return out.div_(q, rounding_mode="floor"), _pack(rem, q)
 
     def unscale(self, s: torch.Tensor, buf: torch.Tensor | None, factor: Fraction, owned: bool = False) -> torch.Tensor:

@@ -158,16 +158,19 @@ class ReversibleStack(nn.Module):
             if keep and self.checkpoint_every and i % self.checkpoint_every == 0 and i > 0:
                 checkpoints[i] = state
             x1, x2 = state
+            # a stream is overwritten by its own scaling once nothing else reads it: not a checkpoint, not both
+            # streams of the first layer (x1 is x2 there until G has used x2)
+            free = i not in checkpoints
             with replay.run(i, 0, self.replay_autocast):
                 f = block.f(ar.decode(x2), **ctx)  # (B, T, d)
-            a, buf_l = ar.scale(x1 - x2 if self.f_residual else x1, self.lam)
+            a, buf_l = ar.scale(x1 - x2 if self.f_residual else x1, self.lam, owned=free and x1 is not x2)
             y1 = ar.add(a, f)
-            del f
+            del f, a
             with replay.run(i, 1, self.replay_autocast):
                 g = block.g(ar.decode(y1), **ctx)
-            b, buf_b = ar.scale(x2 - y1 if self.g_residual else x2, self.beta)
+            b, buf_b = ar.scale(x2 - y1 if self.g_residual else x2, self.beta, owned=free)
             y2 = ar.add(b, g)
-            del g
+            del g, b, x1, x2, state
             buffers += [buf_l, buf_b]
             state = self._order(y1, y2)
         ar.check()
@@ -298,10 +301,20 @@ class ReversibleStack(nn.Module):
             xs, rng, live = [x], [], []  # stage inputs, RNG states at stage starts, graphs kept (layer unit)
             for stage in stages[:-1]:
                 rng.append(_rng_state(x.device))
-                with torch.enable_grad() if not self.piecewise else torch.no_grad():
-                    xin = xs[-1].detach().requires_grad_(not self.piecewise)
+                if self.piecewise:
+                    with torch.no_grad():
+                        xs.append(run(stage, xs[-1]))
+                    live.append(None)
+                    continue
+                saved = _SavedStorages()
+                with torch.enable_grad(), saved:
+                    xin = xs[-1].detach().requires_grad_(True)
                     y = run(stage, xin)
-                live.append(None if self.piecewise else (xin, y))
+                if len(stages) == 2 and not saved.holds(xin) and not _shares(y, xin):
+                    # no node kept the stage's input (frozen linears, post-LN residuals): its bytes go now, while the
+                    # graph lives on; xin stays as the handle autograd.grad returns the input's gradient for
+                    xin.untyped_storage().resize_(0)
+                live.append((xin, y))
                 xs.append(y.detach())
             rng.append(_rng_state(x.device))
             out = None
@@ -359,6 +372,25 @@ class ReversibleStack(nn.Module):
         if dx_seed is not None:
             dx.add_(dx_seed.to(dx.dtype))
         return out, dx, grads
+
+
+class _SavedStorages(torch.autograd.graph.saved_tensors_hooks):
+    """Records the storages that autograd saves for backward while active (tensors are kept as detached aliases)."""
+
+    def __init__(self) -> None:
+        self.ptrs: set[int] = set()
+        super().__init__(self._pack, lambda t: t)
+
+    def _pack(self, t: torch.Tensor) -> torch.Tensor:
+        self.ptrs.add(t.untyped_storage().data_ptr())
+        return t.detach()
+
+    def holds(self, t: torch.Tensor) -> bool:
+        return t.untyped_storage().data_ptr() in self.ptrs
+
+
+def _shares(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
 
 
 def _rng_state(device: torch.device) -> torch.Tensor:
