@@ -320,7 +320,9 @@ def _meft(s: _Shape, t: _Train, opts: Any, n_layers: int) -> dict[str, float]:
         chain = max(u + ffn_chunk, attn_work)
 
     first = 3 * u + 2 * w + 3 * u  # head/merge grads; the output state, its grads and the decoded input
-    second = 3 * u + 2 * w + 3 * u  # head/merge grads; the other stream and the rebuilt one, dy1 and seed, decoded
+    # head/merge grads; the other stream and the rebuilt one, dy1 and seed, and the decoded input, which a whole-layer
+    # recompute frees once its graph is built (no frozen linear saves it)
+    second = 3 * u + 2 * w + (2 * u if opts.recompute_unit == "layer" else 3 * u)
     if opts.variant == "meft1":
         moments = [first + adapter, second + chain]
     elif opts.variant == "meft2":
@@ -430,7 +432,7 @@ def estimate_memory(backbone: str, method: str, batch_size: int, seq_len: int, l
     if meft:
         m = _meft(s, train, opts, n_layers)
         terms["reversible_stack"] = m["stored"]
-        terms["merge"] = s.nd() if opts.merge == "gated" else 0.0
+        terms["merge"] = 0.0  # the merge runs inside the reversible Function: backward recomputes it
         n_plain, x_rg = n_layers - (n_layers if opts.reversible_layers is None
                                     else min(opts.reversible_layers, n_layers)), True
     else:
