@@ -15,7 +15,6 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-
 # Auto token chunking of token-wise pieces (the FFN): tokens per chunk along the sequence, at any batch.
 AUTO_TOKENS = 128
 
