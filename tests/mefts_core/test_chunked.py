@@ -82,7 +82,7 @@ def test_dropout_masks_are_a_function_of_seed_and_chunk_at_rate_p():
 
 
 def test_auto_chunk_sizes_and_which_pieces_chunk():
-    assert attention_chunk(512, "auto") == 64 and attention_chunk(40, "auto") == 40
+    assert attention_chunk(512, "auto") == 48 and attention_chunk(40, "auto") == 40
     assert attention_chunk(512, 0) == 512 and attention_chunk(512, 100) == 100
     assert token_chunk(512, "auto") == 128 and token_chunk(512, 0) == 512
     model = meft_model("meft1", layers=2, chunk_tokens=3)
