@@ -158,12 +158,12 @@ class ReversibleStack(nn.Module):
             if keep and self.checkpoint_every and i % self.checkpoint_every == 0 and i > 0:
                 checkpoints[i] = state
             x1, x2 = state
-            # a stream is overwritten by its own scaling once nothing else reads it: not a checkpoint, not both
-            # streams of the first layer (x1 is x2 there until G has used x2)
-            free = i not in checkpoints
+            # a stream is overwritten by its own scaling once nothing else reads it: not a checkpoint, not the first
+            # layer's (both streams are h0's encoding there, which float mode does not copy: the caller's tensor)
+            free = i > 0 and i not in checkpoints
             with replay.run(i, 0, self.replay_autocast):
                 f = block.f(ar.decode(x2), **ctx)  # (B, T, d)
-            a, buf_l = ar.scale(x1 - x2 if self.f_residual else x1, self.lam, owned=free and x1 is not x2)
+            a, buf_l = ar.scale(x1 - x2 if self.f_residual else x1, self.lam, owned=free)
             y1 = ar.add(a, f)
             del f, a
             with replay.run(i, 1, self.replay_autocast):
