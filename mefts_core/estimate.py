@@ -310,7 +310,9 @@ def _meft(s: _Shape, t: _Train, opts: Any, n_layers: int) -> dict[str, float]:
     ffn, _ = _ffn_saved(s, t, True)
     ffn.pop("x", None)
     ffn_work = sum(ffn.values()) + _ffn_transient(s, t, ffn)  # one FFN recomputed whole, at its backward's peak
-    chunk = _token_chunk(s.T, opts.chunk_tokens)
+    from mefts_core.models.base import token_chunk
+
+    chunk = token_chunk(s.T, opts.chunk_tokens)
     ffn_chunk = ffn_work * chunk / s.T + (2 * u if chunk < s.T else 0.0)  # + its full-size output and input grad
     adapter = _adapter_saved(s, t.ffn_adapter, True) + 3 * u
     attn_work = attn_saved + attn_tr + u  # + the piece's output
@@ -332,12 +334,6 @@ def _meft(s: _Shape, t: _Train, opts: Any, n_layers: int) -> dict[str, float]:
     if exact:  # rounding F's output to fixed point: its float copy and the int64 result, beside F's output
         moments.append(3 * u + 3 * w + 4 * u)
     return {"stored": stored, "top": 2 * w, "working": max(moments), "moments": moments}
-
-
-def _token_chunk(T: int, chunk_tokens: int | str) -> int:
-    from mefts_core.models.base import token_chunk
-
-    return token_chunk(T, chunk_tokens)
 
 
 def _meft_attention(s: _Shape, t: _Train, chunk_tokens: int | str) -> tuple[float, float]:

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from mefts_core.coupling import ExactArith, FloatArith
-from mefts_core.models.base import piece_chunks, run_piece, token_slice
+from mefts_core.models.base import piece_chunks, run_pieces, token_slice
 
 _SEED_MOD = 2**62
 
@@ -292,24 +292,19 @@ class ReversibleStack(nn.Module):
         grads: list[torch.Tensor | None] = [None] * len(params)
         running = list(extra_seeds) if extra_seeds is not None else [None] * len(leaves)
 
-        def run(stage, xin):
-            for piece in stage:
-                xin = run_piece(piece, xin, ctx, chunk_tokens)
-            return xin
-
         with replay.run(i, which, self.replay_autocast):
             xs, rng, live = [x], [], []  # stage inputs, RNG states at stage starts, graphs kept (layer unit)
             for stage in stages[:-1]:
                 rng.append(_rng_state(x.device))
                 if self.piecewise:
                     with torch.no_grad():
-                        xs.append(run(stage, xs[-1]))
+                        xs.append(run_pieces(stage, xs[-1], ctx, chunk_tokens))
                     live.append(None)
                     continue
                 saved = _SavedStorages()
                 with torch.enable_grad(), saved:
                     xin = xs[-1].detach().requires_grad_(True)
-                    y = run(stage, xin)
+                    y = run_pieces(stage, xin, ctx, chunk_tokens)
                 if len(stages) == 2 and not saved.holds(xin) and not _shares(y, xin):
                     # no node kept the stage's input (frozen linears, post-LN residuals): its bytes go now, while the
                     # graph lives on; xin stays as the handle autograd.grad returns the input's gradient for
@@ -331,7 +326,7 @@ class ReversibleStack(nn.Module):
                     _set_rng_state(x.device, rng[k])
                     with torch.enable_grad():
                         xin = xs[k].detach().requires_grad_(True)
-                        y = run(stages[k], xin)
+                        y = run_pieces(stages[k], xin, ctx, chunk_tokens)
                 with torch.enable_grad():
                     outs, gouts = [y], [dout.to(y.dtype)]
                     for t, g in [(xin, seed), *zip(leaves, running)]:

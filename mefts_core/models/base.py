@@ -64,9 +64,14 @@ class Chain(nn.Module):
         self.chunk_tokens = chunk_tokens
 
     def forward(self, x: torch.Tensor, **ctx) -> torch.Tensor:
-        for piece in self.pieces:
-            x = run_piece(piece, x, ctx, self.chunk_tokens)
-        return x  # (B, T, d)
+        return run_pieces(self.pieces, x, ctx, self.chunk_tokens)  # (B, T, d)
+
+
+def run_pieces(pieces, x: torch.Tensor, ctx: dict, chunk_tokens: int | str) -> torch.Tensor:
+    """Pieces in order, each through `run_piece` (Chain.forward, and the reversible recompute's stages)."""
+    for piece in pieces:
+        x = run_piece(piece, x, ctx, chunk_tokens)
+    return x
 
 
 class AdapterCall(nn.Module):
