@@ -117,7 +117,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_bench_import(args: argparse.Namespace) -> int:
     from db.bench import add_bench_rows
     from db.session import make_engine, make_sessionmaker, session_scope, upgrade_database
-    from mefts_core.bench import load_rows
+    from mefts_core.measure.bench import load_rows
 
     settings = _settings(args)
     rows = []

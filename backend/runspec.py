@@ -18,7 +18,7 @@ from backend.security import PATH_TASK_OPTIONS, PathNotAllowed, backbone_is_path
 from mefts_core.backbones import BACKBONES, validate_backbone
 from mefts_core.config import METHODS, method_options
 from mefts_core.tasks import task_catalog, validate_task_options
-from mefts_core.train import TrainConfig
+from mefts_core.training.trainer import TrainConfig
 
 # Fields of a run request that are not TrainConfig hyperparameters.
 TOP_LEVEL = ("backbone", "method", "task", "method_options", "task_options", "seed", "device", "timeout_s")

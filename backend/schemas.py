@@ -186,7 +186,7 @@ class MetricSeries(BaseModel):
 
 
 class MemoryReportOut(BaseModel):
-    """mefts_core.memory.MemoryReport of a measured training step (bytes), plus the job's peak RSS."""
+    """mefts_core.measure.memory.MemoryReport of a measured training step (bytes), plus the job's peak RSS."""
 
     attempt: int
     device: str | None

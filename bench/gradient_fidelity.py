@@ -16,7 +16,7 @@ import torch
 from tqdm import tqdm
 
 from mefts_core.backbones import BACKBONES, load_backbone
-from mefts_core.diagnostics import gradient_fidelity
+from mefts_core.measure.diagnostics import gradient_fidelity
 from mefts_core.methods import apply_method
 
 TEXT = ["the film is a charming and often affecting journey through a small town that has lost its way",

@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mefts_core.bench import load_rows, reestimate, summary_table  # noqa: E402
+from mefts_core.measure.bench import load_rows, reestimate, summary_table  # noqa: E402
 
 MiB = 1 << 20
 

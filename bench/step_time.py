@@ -27,8 +27,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mefts_core.bench import build_model, make_batch, timed_steps  # noqa: E402
-from mefts_core.memory import measure_step  # noqa: E402
+from mefts_core.measure.bench import build_model, make_batch, timed_steps  # noqa: E402
+from mefts_core.measure.memory import measure_step  # noqa: E402
 
 log = logging.getLogger("step_time")
 

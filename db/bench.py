@@ -50,7 +50,7 @@ def _clean(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def add_bench_rows(*, session: Session, rows: Iterable[dict[str, Any]]) -> list[BenchRow]:
-    """Insert rows as mefts_core.bench produces them; the caller commits."""
+    """Insert rows as mefts_core.measure.bench produces them; the caller commits."""
     out = []
     for row in rows:
         obj = BenchRow(

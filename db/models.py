@@ -158,7 +158,7 @@ class MetricPoint(Base):
     __table_args__ = (Index("ix_metric_points_run", "run_id", "attempt", "name", "step"),)
 
 
-# Columns of a memory report: every field of mefts_core.memory.MemoryReport, plus the batch shape split out and the
+# Columns of a memory report: every field of mefts_core.measure.memory.MemoryReport, plus the batch shape split out and the
 # job process's peak RSS (a cross-check). Bytes are stored, GiB are shown. Keys not listed here land in `extra`.
 MEMORY_INT_FIELDS = (
     "stored_activation_bytes",
@@ -222,7 +222,7 @@ class Worker(Base):
 
 
 class BenchRow(Base):
-    """One row of `mefts bench` (mefts_core.bench.COLUMNS), stored by `mefts bench-import`; `row` keeps all of it."""
+    """One row of `mefts bench` (mefts_core.measure.bench.COLUMNS), stored by `mefts bench-import`; `row` keeps all of it."""
 
     __tablename__ = "bench_rows"
 

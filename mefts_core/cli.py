@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from mefts_core.callbacks import Callback
+from mefts_core.training.callbacks import Callback
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ def add_core_commands(subparsers: Any) -> None:
                                           "or a subset of it; writes all runs and the best by dev score.")
     _add_run_args(s, sweep=True)
     s.set_defaults(func=cmd_sweep)
-    from mefts_core.bench import add_bench_command
+    from mefts_core.measure.bench import add_bench_command
 
     add_bench_command(subparsers)
 
@@ -241,7 +241,7 @@ def _fail(message: str, code: int) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     import torch
 
-    from mefts_core.train import TrainConfig, run_training
+    from mefts_core.training.trainer import TrainConfig, run_training
 
     _setup_logging(args.verbose)
     try:
@@ -282,7 +282,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     import torch
 
     from mefts_core.tasks import TASKS
-    from mefts_core.train import TrainConfig, run_training
+    from mefts_core.training.trainer import TrainConfig, run_training
 
     _setup_logging(args.verbose)
     try:

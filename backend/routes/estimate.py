@@ -1,4 +1,4 @@
-"""Pre-flight memory estimate of a run request (mefts_core.estimate), before anything is queued."""
+"""Pre-flight memory estimate of a run request (mefts_core.measure.estimate), before anything is queued."""
 
 from __future__ import annotations
 
@@ -61,7 +61,7 @@ def estimate(
         )
     except runspec.SpecError as e:
         raise spec_error(e) from e
-    from mefts_core.estimate import estimate_memory
+    from mefts_core.measure.estimate import estimate_memory
 
     device = _device(config.get("device"))
     dtype = "bfloat16" if config.get("bf16") else "float32"

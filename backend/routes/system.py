@@ -25,7 +25,7 @@ from db.session import session_scope
 from mefts_core.backbones import backbone_catalog
 from mefts_core.config import method_catalog
 from mefts_core.tasks import task_catalog
-from mefts_core.train import TrainConfig
+from mefts_core.training.trainer import TrainConfig
 
 router = APIRouter(tags=["system"])
 

@@ -1,6 +1,6 @@
 """The job process: `python -m backend.worker.job RUN_ID --attempt N [--threads T]`.
 
-It loads the run's config from the database, calls `mefts_core.train.run_training` with a callback that writes
+It loads the run's config from the database, calls `mefts_core.training.trainer.run_training` with a callback that writes
 progress, metric points, the memory report and log lines (throttled), and stores the verdict:
 succeeded (result), does_not_fit (out of memory: "does not fit at batch B, seq T" and the memory reached) or failed
 (error and traceback). A heartbeat thread renews the run's lease, so the run survives the death of the worker that
@@ -30,7 +30,7 @@ from backend.settings import Settings
 from db import crud
 from db.models import RunStatus
 from db.session import make_engine, make_sessionmaker, session_scope
-from mefts_core.callbacks import Callback
+from mefts_core.training.callbacks import Callback
 
 log = logging.getLogger("mefts.job")
 
@@ -166,7 +166,7 @@ class LogToCallback(logging.Handler):
         self.cb = cb
 
     def emit(self, record: logging.LogRecord) -> None:
-        if record.name.startswith("mefts_core.train"):
+        if record.name.startswith("mefts_core.training.trainer"):
             return  # those arrive through on_log already
         if record.levelno >= logging.WARNING:
             self.cb.on_log(f"{record.levelname}: {record.getMessage()}")
@@ -215,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
                         getattr(run, "status", None), getattr(run, "attempts", None))
             return 0
         config_dict = dict(run.config)
-    from mefts_core.train import TrainConfig, run_training, versions
+    from mefts_core.training.trainer import TrainConfig, run_training, versions
 
     with session_scope(factory) as s:
         crud.set_run_info(session=s, run_id=run_id, attempt=attempt, values={

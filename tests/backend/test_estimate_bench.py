@@ -106,7 +106,7 @@ def test_bench_rows_import_and_list(client, settings, tmp_path):
 
 
 def test_mefts_core_does_not_import_the_service():
-    code = "import sys, mefts_core.bench, mefts_core.estimate; print([m for m in sys.modules if m.split('.')[0] in " \
+    code = "import sys, mefts_core.measure.bench, mefts_core.measure.estimate; print([m for m in sys.modules if m.split('.')[0] in " \
            "('db', 'backend')])"
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "[]", out.stderr

@@ -1,4 +1,4 @@
-"""The worker for real: a `mefts serve` subprocess, job subprocesses running mefts_core.train on tiny-bert."""
+"""The worker for real: a `mefts serve` subprocess, job subprocesses running mefts_core.training.trainer on tiny-bert."""
 
 from __future__ import annotations
 

@@ -9,8 +9,8 @@ import math
 import pytest
 import torch
 
-from mefts_core import bench
-from mefts_core.bench import COLUMNS, BenchGrid, format_rows, parse_method, parse_rows, run_bench
+from mefts_core.measure import bench
+from mefts_core.measure.bench import COLUMNS, BenchGrid, format_rows, parse_method, parse_rows, run_bench
 
 TINY = dict(backbones=["tiny-bert"], methods=["lora", "meft1-exact"], layers=[1, 2], seq_lens=[16],
             batch_sizes=[2], warmup=0, repeats=2)

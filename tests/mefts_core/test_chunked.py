@@ -11,13 +11,13 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from mefts_core.attention import _chunk_probs, _ChunkedAttention, _dropped, attention_chunk
 from mefts_core.backbones import load_backbone
-from mefts_core.bench import build_model, make_batch
-from mefts_core.diagnostics import batch_loss, gradient_fidelity
-from mefts_core.memory import measure_step
+from mefts_core.engine.attention import _chunk_probs, _ChunkedAttention, _dropped, attention_chunk
+from mefts_core.engine.models.base import piece_chunks, token_chunk
+from mefts_core.measure.bench import build_model, make_batch
+from mefts_core.measure.diagnostics import batch_loss, gradient_fidelity
+from mefts_core.measure.memory import measure_step
 from mefts_core.methods import apply_method
-from mefts_core.models.base import piece_chunks, token_chunk
 from tests.mefts_core.helpers import max_rel, meft_model, tiny_batch
 from tests.mefts_core.test_families import FAMILIES, _batch
 

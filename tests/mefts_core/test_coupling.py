@@ -8,7 +8,7 @@ from fractions import Fraction
 import pytest
 import torch
 
-from mefts_core.coupling import ExactArith
+from mefts_core.engine.coupling import ExactArith
 
 ONE = 2.0**32
 

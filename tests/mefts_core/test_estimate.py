@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import pytest
 
-from mefts_core.bench import build_model, make_batch, parse_method
-from mefts_core.estimate import MemoryFit, estimate_memory, fit_memory
-from mefts_core.memory import measure_step
+from mefts_core.measure.bench import build_model, make_batch, parse_method
+from mefts_core.measure.estimate import MemoryFit, estimate_memory, fit_memory
+from mefts_core.measure.memory import measure_step
 
 MiB = 1 << 20
 B, T, LAYERS = 8, 128, 2

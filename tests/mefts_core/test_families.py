@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from mefts_core.backbones import load_backbone
-from mefts_core.diagnostics import batch_loss, gradient_fidelity, vanilla_backward
-from mefts_core.memory import measure_step
+from mefts_core.measure.diagnostics import batch_loss, gradient_fidelity, vanilla_backward
+from mefts_core.measure.memory import measure_step
 from mefts_core.methods import apply_method, meft_stacks
 from tests.mefts_core.helpers import max_rel
 

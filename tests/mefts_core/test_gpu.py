@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mefts_core.diagnostics import gradient_fidelity
-from mefts_core.memory import measure_step
+from mefts_core.measure.diagnostics import gradient_fidelity
+from mefts_core.measure.memory import measure_step
 from mefts_core.methods import apply_method
 from tests.mefts_core.helpers import max_rel, meft_model, tiny, tiny_batch
 

@@ -11,8 +11,8 @@ import torch
 from torch import nn
 from transformers import BertConfig, BertForSequenceClassification
 
-from mefts_core import memory
-from mefts_core.memory import MemoryReport, measure_step
+from mefts_core.measure import memory
+from mefts_core.measure.memory import MemoryReport, measure_step
 
 MiB = 1 << 20
 

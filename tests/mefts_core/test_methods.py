@@ -10,8 +10,8 @@ from transformers import BertConfig, BertForMultipleChoice, BertModel
 
 from mefts_core.backbones import load_backbone
 from mefts_core.config import METHODS, method_options
-from mefts_core.diagnostics import batch_loss, gradient_fidelity
-from mefts_core.memory import measure_step
+from mefts_core.measure.diagnostics import batch_loss, gradient_fidelity
+from mefts_core.measure.memory import measure_step
 from mefts_core.methods import apply_method, meft_stacks
 from tests.mefts_core.helpers import meft_model, tiny, tiny_batch
 
@@ -96,7 +96,7 @@ def test_bare_model_and_multiple_choice_head(method):
 def test_partial_reversibility_and_checkpointed_float_mode():
     model = meft_model("meft1", layers=4, reversible_layers=2).train()
     assert len(meft_stacks(model)[0].blocks) == 2
-    from mefts_core.models.base import PiecesLayer
+    from mefts_core.engine.models.base import PiecesLayer
 
     assert [type(m) for m in model.bert.encoder.layer][2:] == [PiecesLayer, PiecesLayer]
     batch_loss(model, tiny_batch()).backward()

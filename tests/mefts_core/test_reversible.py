@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 
-from mefts_core.diagnostics import batch_loss, gradient_fidelity, vanilla_backward
+from mefts_core.measure.diagnostics import batch_loss, gradient_fidelity, vanilla_backward
 from mefts_core.methods import meft_stacks
 from tests.mefts_core.helpers import max_rel, meft_model, minilm, text_batch, tiny, tiny_batch
 

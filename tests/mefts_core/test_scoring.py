@@ -7,7 +7,7 @@ import torch
 from torch.nn import functional as F
 
 from mefts_core.backbones import load_backbone
-from mefts_core.scoring import choice_loss, choice_scores, collate_choices_lm, encode_choices_lm
+from mefts_core.training.scoring import choice_loss, choice_scores, collate_choices_lm, encode_choices_lm
 
 
 def _reference(model, tok, context: str, choice: str) -> float:

@@ -8,9 +8,9 @@ import json
 import pytest
 import torch
 
-import mefts_core.train as train_mod
-from mefts_core.callbacks import Callback
-from mefts_core.train import TrainConfig, run_training
+import mefts_core.training.trainer as train_mod
+from mefts_core.training.callbacks import Callback
+from mefts_core.training.trainer import TrainConfig, run_training
 
 TINY = dict(backbone="tiny-bert", method="full", task="sst2", epochs=1, max_train_samples=32, max_eval_samples=32,
             batch_size=8, max_seq_len=32)

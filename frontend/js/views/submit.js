@@ -281,7 +281,7 @@ const Submit = (() => {
     if (seq !== preflightSeq) return;
     box.replaceChildren(
       el("p", { class: "note" }, `At batch ${B}, sequence length ${T}. The estimate is analytic (one AdamW step; ` +
-        "mefts_core.estimate). Measured runs, where there are any, come first: memory grows with batch and sequence " +
+        "mefts_core.measure.estimate). Measured runs, where there are any, come first: memory grows with batch and sequence " +
         "length, so a run at a smaller (or equal) batch and length gives a lower bound and one at a larger (or equal) " +
         "batch and length an upper bound."),
       el("ul", { class: "preflight-list" }, items),

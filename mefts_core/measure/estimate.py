@@ -277,7 +277,7 @@ def _head(s: _Shape, pooler_trains: bool, labels: int) -> float:
 
 
 def _meft(s: _Shape, t: _Train, opts: Any, n_layers: int) -> dict[str, float]:
-    """Stored bytes and the backward peak of the reversible stack (mefts_core.reversible), in bytes.
+    """Stored bytes and the backward peak of the reversible stack (mefts_core.engine.reversible), in bytes.
 
     Stored: the top state (two n·d streams; int64 in exact mode), exact mode's remainder buffers (one per scaled
     stream per layer, 4 bits per element for λ = 1/10) and any checkpointed states. The peak is the largest of a few
@@ -310,7 +310,7 @@ def _meft(s: _Shape, t: _Train, opts: Any, n_layers: int) -> dict[str, float]:
     ffn, _ = _ffn_saved(s, t, True)
     ffn.pop("x", None)
     ffn_work = sum(ffn.values()) + _ffn_transient(s, t, ffn)  # one FFN recomputed whole, at its backward's peak
-    from mefts_core.models.base import token_chunk
+    from mefts_core.engine.models.base import token_chunk
 
     chunk = token_chunk(s.T, opts.chunk_tokens)
     ffn_chunk = ffn_work * chunk / s.T + (2 * u if chunk < s.T else 0.0)  # + its full-size output and input grad
@@ -338,10 +338,10 @@ def _meft(s: _Shape, t: _Train, opts: Any, n_layers: int) -> dict[str, float]:
 
 def _meft_attention(s: _Shape, t: _Train, chunk_tokens: int | str) -> tuple[float, float]:
     """(saved, backward transient) of a MEFT layer's attention piece recomputed with grad. With chunking on a CPU with
-    attention dropout, the chunked kernel (mefts_core.attention) saves q, k, v and its backward holds dq, dk, dv, one
+    attention dropout, the chunked kernel (mefts_core.engine.attention) saves q, k, v and its backward holds dq, dk, dv, one
     chunk of the output gradient and three (B, h, chunk, T) tensors (probabilities, their gradient, the mask with its
     random words); otherwise SDPA's math or fused path as for the other methods."""
-    from mefts_core.attention import attention_chunk
+    from mefts_core.engine.attention import attention_chunk
 
     chunked = bool(chunk_tokens) and not s.fused_attention and s.p_attn > 0
     shape = _Shape(**{**asdict(s), "fused_attention": s.fused_attention or chunked})
@@ -518,7 +518,7 @@ class MemoryFit:
 
 def fit_memory(points: list[dict[str, Any]]) -> MemoryFit:
     """Fit `MemoryFit` to measured points (dicts with batch_size, seq_len, peak_bytes, peak_activation_bytes,
-    static_bytes), e.g. from mefts_core.bench.measure_points.
+    static_bytes), e.g. from mefts_core.measure.bench.measure_points.
 
     Three points with two sequence lengths determine a, b and c; with one sequence length c is 0. A negative c
     (noise) is dropped and (a, b) refitted by least squares.

@@ -4,7 +4,7 @@ One row per grid point (see `COLUMNS`): the two memory measurements of docs/desi
 stored activation bytes from saved-tensor hooks, the step's peak from the CUDA allocator or the CPU profiler) with
 the static parts (parameters, gradients, optimizer state) broken out, the median wall time of `repeats` steps timed
 *without* the profiler after `warmup` steps, tokens per second, and the pre-flight estimate of the peak
-(mefts_core.estimate) with its relative error. A point that does not fit is a row with status "does not fit"; a
+(mefts_core.measure.estimate) with its relative error. A point that does not fit is a row with status "does not fit"; a
 backbone the registry does not know (yet) is a row with status "skipped" and a note, never a stand-in.
 
 Library use, e.g. from the service (mefts_core imports neither db nor backend; the sink is how rows leave):
@@ -321,7 +321,7 @@ def _sync(device: torch.device) -> None:
 def timed_steps(model: torch.nn.Module, batch: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
                 n: int, device: torch.device) -> list[float]:
     """Wall seconds of `n` full training steps (zero_grad, forward, loss, backward, optimizer step), no profiler."""
-    from mefts_core.memory import step_loss
+    from mefts_core.measure.memory import step_loss
 
     times = []
     for _ in range(n):
@@ -356,7 +356,7 @@ def _release(device: torch.device) -> None:
 
 def run_case(case: BenchCase, grid: BenchGrid) -> Row:
     """Measure one grid point; never raises for a point that does not fit or fails (the row says so)."""
-    from mefts_core.memory import measure_step
+    from mefts_core.measure.memory import measure_step
 
     device = grid.torch_device()
     row = _empty_row(case, grid, device)
@@ -422,8 +422,8 @@ def _depth(model: torch.nn.Module, layers: int | None) -> int | None:
 
 
 def _add_estimate(row: Row) -> None:
-    """Fill estimated_peak_bytes and estimate_error (relative to the measured peak) from mefts_core.estimate."""
-    from mefts_core.estimate import estimate_memory
+    """Fill estimated_peak_bytes and estimate_error (relative to the measured peak) from mefts_core.measure.estimate."""
+    from mefts_core.measure.estimate import estimate_memory
 
     base, options = parse_method(row["method"])
     try:
@@ -607,7 +607,7 @@ class _PointMeter:
         self.optimizer = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad], lr=0.0)
 
     def measure(self, points: Iterable[tuple[int, int]]) -> list[dict[str, Any]]:
-        from mefts_core.memory import measure_step
+        from mefts_core.measure.memory import measure_step
 
         out = []
         for b, t in points:
@@ -684,7 +684,7 @@ def fit_from_measurements(backbone: str, method: str, *, seq_len: int, layers: i
     FT) can hide the per-token cost, so the batch is doubled from 1 until the activation peak scales (x1.6 from B to
     2B), then (B, T), (2B, T) and (4B, T/2) give a, b and c; what batch 1 needs beyond the line is the floor.
     """
-    from mefts_core.estimate import fit_memory
+    from mefts_core.measure.estimate import fit_memory
 
     meter = _PointMeter(backbone, method, seq_len, layers=layers, dtype=dtype, device=device, seed=seed)
     measure = meter.measure
@@ -735,7 +735,7 @@ def fits_in_budget(backbone: str, methods: Iterable[str], budgets_gib: Iterable[
 
 def _analytic_max_batch(backbone: str, method: str, seq_len: int, budget: int, layers: int | None, dtype: str,
                         device: torch.device) -> int | None:
-    from mefts_core.estimate import max_batch_estimate
+    from mefts_core.measure.estimate import max_batch_estimate
 
     base, options = parse_method(method)
     try:
@@ -865,7 +865,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mefts_core.bench", description=add_bench_command.__doc__)
+    parser = argparse.ArgumentParser(prog="python -m mefts_core.measure.bench", description=add_bench_command.__doc__)
     add_bench_args(parser)
     return cmd_bench(parser.parse_args(argv))
 

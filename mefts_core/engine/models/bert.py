@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mefts_core.adapters import AdaptedOutput
+from mefts_core.engine.adapters import AdaptedOutput
 
 
 class AttnCall(nn.Module):

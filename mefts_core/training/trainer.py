@@ -2,7 +2,7 @@
 
 - `TrainConfig` validates every field at construction (ValueError naming field and value).
 - `run_training` loads the task (tokenised once, padded per batch), the backbone with the task's head and the method
-  (`mefts_core.methods.apply_method`), measures one training step's memory (`mefts_core.memory.measure_step`), then
+  (`mefts_core.methods.apply_method`), measures one training step's memory (`mefts_core.measure.memory.measure_step`), then
   trains with AdamW, linear warm-up and decay, gradient clipping, optional bf16 autocast, evaluation every epoch and
   early stopping on the task's main dev metric. The best epoch's trainable parameters are kept (a copy of the
   trainable tensors only, small for PEFT methods), restored at the end, and the test split is scored with them.
@@ -30,13 +30,13 @@ import torch
 import torch.nn.functional as F
 
 from mefts_core.backbones import is_decoder, load_backbone, validate_backbone
-from mefts_core.callbacks import Callback, CallbackList
 from mefts_core.config import method_options
 from mefts_core.methods import meft_stacks
-from mefts_core.scoring import ChoiceScorer, collate_choices_lm, encode_choices_lm
 from mefts_core.tasks import TaskData, load_task, validate_task_options
 from mefts_core.tasks.encoding import MODEL_KEYS, collate, encode
 from mefts_core.tasks.metrics import compute_metrics
+from mefts_core.training.callbacks import Callback, CallbackList
+from mefts_core.training.scoring import ChoiceScorer, collate_choices_lm, encode_choices_lm
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +186,7 @@ def check_gradients(model: torch.nn.Module, batch: dict[str, Any], config: Train
     Runs under forked RNGs, and gradient_fidelity restores the stacks' dropout counters, so training afterwards
     draws exactly what it would have drawn without the check.
     """
-    from mefts_core.diagnostics import gradient_fidelity
+    from mefts_core.measure.diagnostics import gradient_fidelity
 
     model.train()
     with _forked_rng(device):
@@ -396,7 +396,7 @@ def run_training(config: TrainConfig, callbacks: list[Callback] | None = None) -
 
     memory = None
     if config.measure_memory:
-        from mefts_core.memory import measure_step
+        from mefts_core.measure.memory import measure_step
 
         model.train()
         with _forked_rng(device), _autocast(device, config.bf16):

@@ -10,13 +10,13 @@ from typing import Any
 
 from torch import nn
 
-from mefts_core.adapters import adapter_for
 from mefts_core.config import AdapterOptions, LoraOptions, MeftOptions, method_options
-from mefts_core.meft import apply_meft
-from mefts_core.models.bart import BartFamily
-from mefts_core.models.base import Chain, install
-from mefts_core.models.bert import BertFamily
-from mefts_core.models.decoders import LlamaFamily, OptFamily
+from mefts_core.engine.adapters import adapter_for
+from mefts_core.engine.meft import apply_meft
+from mefts_core.engine.models.bart import BartFamily
+from mefts_core.engine.models.base import Chain, install
+from mefts_core.engine.models.bert import BertFamily
+from mefts_core.engine.models.decoders import LlamaFamily, OptFamily
 
 FAMILIES = (BertFamily, BartFamily, OptFamily, LlamaFamily)
 
@@ -146,7 +146,7 @@ def _offload_activations(model: nn.Module) -> None:
 
 def meft_stacks(model: nn.Module) -> list[nn.Module]:
     """The reversible stacks inside a model (empty for non-MEFT methods)."""
-    from mefts_core.reversible import ReversibleStack
+    from mefts_core.engine.reversible import ReversibleStack
 
     return [m for m in model.modules() if isinstance(m, ReversibleStack)]
 

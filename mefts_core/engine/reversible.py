@@ -20,8 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from mefts_core.coupling import ExactArith, FloatArith
-from mefts_core.models.base import piece_chunks, run_pieces, token_slice
+from mefts_core.engine.coupling import ExactArith, FloatArith
+from mefts_core.engine.models.base import piece_chunks, run_pieces, token_slice
 
 _SEED_MOD = 2**62
 

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from mefts_core.memory import step_loss
+from mefts_core.measure.memory import step_loss
 from mefts_core.methods import meft_stacks
 
 

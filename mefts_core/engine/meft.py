@@ -9,12 +9,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mefts_core.adapters import adapter_for
-from mefts_core.attention import use_chunked_attention
 from mefts_core.config import MeftOptions
-from mefts_core.coupling import as_fraction
-from mefts_core.models.base import AdapterCall, Chain, install
-from mefts_core.reversible import RevBlock, ReversibleStack
+from mefts_core.engine.adapters import adapter_for
+from mefts_core.engine.attention import use_chunked_attention
+from mefts_core.engine.coupling import as_fraction
+from mefts_core.engine.models.base import AdapterCall, Chain, install
+from mefts_core.engine.reversible import RevBlock, ReversibleStack
 
 # Per variant: does the state swap between layers, and which stream of the final state tracks the PLM's h_N.
 #   MEFT1: state (h_{n-1}-ish, h_n)  MEFT2: (h_n, h_{n-1}-ish)  MEFT3: (attention sub-layer output, h_n)

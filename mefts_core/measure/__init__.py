@@ -1,0 +1,1 @@
+"""Measurement: memory of a step, gradient fidelity, the analytic estimator, and the benchmark."""

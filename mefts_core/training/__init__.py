@@ -1,0 +1,1 @@
+"""The experiment: the training loop, its callbacks, and likelihood scoring for decoders."""
