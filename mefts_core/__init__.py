@@ -5,10 +5,9 @@ load_backbone (BACKBONES), method_options (METHODS).
 """
 
 from mefts_core.backbones import BACKBONES, load_backbone
-from mefts_core.config import METHODS, method_options
 from mefts_core.measure.diagnostics import gradient_fidelity, vanilla_backward
 from mefts_core.measure.memory import MemoryReport, measure_step
-from mefts_core.methods import apply_method
+from mefts_core.methods import METHODS, apply_method, method_options
 
 __all__ = [
     "BACKBONES",

@@ -25,13 +25,11 @@ from transformers import (
     AutoModelForSeq2SeqLM,
     AutoModelForSequenceClassification,
     AutoTokenizer,
-    BartConfig,
-    BertConfig,
-    LlamaConfig,
-    OPTConfig,
     PreTrainedTokenizerFast,
-    RobertaConfig,
 )
+
+from mefts_core.engine.models import family_for_type, family_named
+from mefts_core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -39,20 +37,19 @@ HEADS = ("base", "seq_cls", "multiple_choice", "causal_lm", "seq2seq_lm")
 _AUTO = {"base": AutoModel, "seq_cls": AutoModelForSequenceClassification,
          "multiple_choice": AutoModelForMultipleChoice, "causal_lm": AutoModelForCausalLM,
          "seq2seq_lm": AutoModelForSeq2SeqLM}
-DECODER_FAMILIES = ("opt", "llama")
 
 
 @dataclass(frozen=True)
 class BackboneSpec:
     name: str
-    family: str  # bert, roberta, bart, opt, llama
+    family: str  # a registered family: bert, roberta, bart, opt, llama
     real_weights: bool
     description: str
     config: dict[str, Any] = field(default_factory=dict)
 
     @property
     def is_decoder(self) -> bool:
-        return self.family in DECODER_FAMILIES
+        return family_named(self.family).decoder
 
 
 def package_dir(package: str) -> Path:
@@ -111,15 +108,13 @@ def backbone_catalog() -> list[dict[str, Any]]:
 
 
 def validate_backbone(name: str) -> None:
-    """Raise ValueError unless `name` is a registry name, an existing local folder, or a hub-style id."""
+    """Raise ConfigError (a ValueError) unless `name` is a registry name, an existing local folder, or a hub-style id."""
     if name in BACKBONES or Path(name).is_dir():
         return
     looks_like_hub_id = name.count("/") == 1 and not name.startswith((".", "/")) and " " not in name
     if not looks_like_hub_id:
-        raise ValueError(
-            f"backbone={name!r}: unknown backbone; valid: {', '.join(BACKBONES)}, a local model folder, "
-            "or a Hugging Face id (owner/name)"
-        )
+        raise ConfigError("backbone", name, f"unknown backbone; valid: {', '.join(BACKBONES)}, a local model folder, "
+                                            "or a Hugging Face id (owner/name)")
 
 
 def is_decoder(name: str) -> bool:
@@ -127,34 +122,18 @@ def is_decoder(name: str) -> bool:
     if name in BACKBONES:
         return BACKBONES[name].is_decoder
     try:
-        return AutoConfig.from_pretrained(name).model_type in (*DECODER_FAMILIES, "gpt2", "mistral", "qwen2")
+        family = family_for_type(AutoConfig.from_pretrained(name).model_type)
     except (OSError, ValueError):
         return False
+    return family is not None and family.decoder
 
 
 def _random_config(spec: BackboneSpec, tok, num_layers: int | None, kw: dict) -> Any:
     """A config of the family's shape; d/L/heads/ffn come from the spec, special ids from the tokenizer."""
-    c = dict(spec.config)
-    d, L, H, ffn = c["hidden_size"], num_layers or c["num_hidden_layers"], c["num_attention_heads"], c[
-        "intermediate_size"]
-    if spec.family == "bert":
-        return BertConfig(vocab_size=tok.vocab_size, hidden_size=d, num_hidden_layers=L, num_attention_heads=H,
-                          intermediate_size=ffn, **kw)
-    ids = dict(pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
-    if spec.family == "roberta":
-        return RobertaConfig(vocab_size=len(tok), hidden_size=d, num_hidden_layers=L, num_attention_heads=H,
-                             intermediate_size=ffn, max_position_embeddings=514, **ids, **kw)
-    if spec.family == "bart":
-        return BartConfig(vocab_size=len(tok), d_model=d, encoder_layers=L, decoder_layers=L,
-                          encoder_attention_heads=H, decoder_attention_heads=H, encoder_ffn_dim=ffn,
-                          decoder_ffn_dim=ffn, max_position_embeddings=1024,
-                          decoder_start_token_id=tok.eos_token_id, **ids, **kw)
-    if spec.family == "opt":
-        return OPTConfig(vocab_size=len(tok), hidden_size=d, num_hidden_layers=L, num_attention_heads=H,
-                         ffn_dim=ffn, word_embed_proj_dim=d, max_position_embeddings=2048, **ids, **kw)
-    return LlamaConfig(vocab_size=len(tok), hidden_size=d, num_hidden_layers=L, num_attention_heads=H,
-                       num_key_value_heads=max(1, H // 2), intermediate_size=ffn, max_position_embeddings=2048,
-                       tie_word_embeddings=True, **ids, **kw)
+    shape = {k: spec.config[k] for k in ("hidden_size", "num_hidden_layers", "num_attention_heads",
+                                         "intermediate_size")}
+    shape["num_hidden_layers"] = num_layers or shape["num_hidden_layers"]
+    return family_named(spec.family).random_config(shape, tok, kw)
 
 
 def smollm2_dir() -> Path:
@@ -200,14 +179,15 @@ def load_backbone(
     """
     validate_backbone(name)
     if head not in HEADS:
-        raise ValueError(f"head={head!r}: must be one of {', '.join(HEADS)}")
+        raise ConfigError("head", head, f"must be one of {', '.join(HEADS)}")
     cls = _AUTO[head]
     kw: dict[str, Any] = {"num_labels": num_labels} if head == "seq_cls" else {}
     spec = BACKBONES.get(name)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         if spec is not None and not spec.real_weights:
-            tok = AutoTokenizer.from_pretrained(str(minilm_dir())) if spec.family == "bert" else _bpe_tokenizer()
+            wordpiece = family_named(spec.family).tokenizer == "wordpiece"
+            tok = AutoTokenizer.from_pretrained(str(minilm_dir())) if wordpiece else _bpe_tokenizer()
             model = cls.from_config(_random_config(spec, tok, num_layers, kw))
             model.config.mefts_random_init = True
         else:

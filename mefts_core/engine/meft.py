@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mefts_core.config import MeftOptions
+from mefts_core.engine.options import MeftOptions
 from mefts_core.engine.adapters import adapter_for
 from mefts_core.engine.attention import use_chunked_attention
 from mefts_core.engine.coupling import as_fraction

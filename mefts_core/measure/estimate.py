@@ -45,6 +45,8 @@ from typing import Any
 
 import torch
 
+from mefts_core.methods.registry import LayerTraining
+
 _ELEMENT = {"float32": 4, "bfloat16": 2, "float16": 2}
 # The allocator bytes a CUDA training step holds beyond tensors: two cuBLAS workspaces and small runtime buffers,
 # measured on an H100 (67.1 MiB in every LoRA and MEFT row of bench/gpu.sh, at any depth; docs/benchmarks.md).
@@ -106,25 +108,13 @@ def _nbytes(tensors) -> int:
 # ------------------------------------------------------------------------------------------------ one BERT layer
 
 
-@dataclass
-class _Train:
-    """What trains in one layer (weights by linear: q k v o i f; LoRA rank per linear; adapters)."""
-
-    weights: frozenset = frozenset()  # linears whose weight trains
-    biases: bool = False  # every bias (and LayerNorm) trains (full FT, BitFit)
-    lora: tuple = ()  # ((linear, rank, dropout), ...)
-    attn_adapter: int = 0  # series adapter after the attention output (Houlsby, MEFT3), bottleneck
-    ffn_adapter: int = 0  # bottleneck of the FFN adapter
-    ffn_mode: str = "parallel"  # parallel (MEFT) or series (Pfeiffer/Houlsby)
-
-
 def _adapter_saved(s: _Shape, r: int, input_saved: bool) -> float:
     """A bottleneck adapter: its input (down's weight trains), GELU input, dropout mask, dropped (up's input)."""
     mask = s.n * r * s.m if s.p_hidden > 0 else 0
     return (s.nd() if input_saved else 0) + 2 * s.n * r * s.e + mask
 
 
-def _attn_saved(s: _Shape, t: _Train, x_rg: bool) -> tuple[dict[str, float], bool]:
+def _attn_saved(s: _Shape, t: LayerTraining, x_rg: bool) -> tuple[dict[str, float], bool]:
     """Tensors the attention sub-block saves (BertSelfAttention + BertSelfOutput) and whether its output needs grad.
     `x` (the sub-block input) is reported under "x" when something saves it."""
     lora = {name: (r, p) for name, r, p in t.lora}
@@ -170,7 +160,7 @@ def _attn_saved(s: _Shape, t: _Train, x_rg: bool) -> tuple[dict[str, float], boo
     return out, ln_rg
 
 
-def _ffn_saved(s: _Shape, t: _Train, x_rg: bool) -> tuple[dict[str, float], bool]:
+def _ffn_saved(s: _Shape, t: LayerTraining, x_rg: bool) -> tuple[dict[str, float], bool]:
     """Tensors the FFN sub-block (BertIntermediate + BertOutput, with its adapter) saves; its output needs grad?"""
     lora = {name: (r, p) for name, r, p in t.lora}
     out: dict[str, float] = {}
@@ -197,7 +187,7 @@ def _ffn_saved(s: _Shape, t: _Train, x_rg: bool) -> tuple[dict[str, float], bool
     return out, ln_rg
 
 
-def _ffn_transient(s: _Shape, t: _Train, saved: dict[str, float]) -> float:
+def _ffn_transient(s: _Shape, t: LayerTraining, saved: dict[str, float]) -> float:
     """Rise above everything saved during the FFN sub-block's backward. Two moments:
     - the output dense's backward: LayerNorm 2's input and the dropout mask are freed; the residual grad and dL/df
       are alive (2 n·d) with the new dL/dGELU-out (n·I) and, when its weight trains, a d·I weight-grad temporary;
@@ -215,7 +205,7 @@ def _attn_transient(s: _Shape) -> float:
     return s.nd(3) + (0 if s.fused_attention else s.A * s.e)
 
 
-def _layer(s: _Shape, t: _Train, x_rg: bool) -> dict[str, Any]:
+def _layer(s: _Shape, t: LayerTraining, x_rg: bool) -> dict[str, Any]:
     """One layer: saved bytes (without its input), saved input bytes, the backward transient of the layer (top
     layer: its FFN or attention backward), the forward transient at its last op, and whether its output needs grad.
 
@@ -238,27 +228,6 @@ def _layer(s: _Shape, t: _Train, x_rg: bool) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------------ the model
 
 
-def _train_spec(method: str, opts: Any, cfg: Any) -> tuple[_Train, bool]:
-    """What trains in each layer, and whether the embeddings' output needs grad."""
-    if method == "full":
-        return _Train(weights=frozenset("qkvoif"), biases=True), True
-    if method == "bitfit":
-        return _Train(biases=True), True
-    if method == "lora":
-        targets = opts.target_modules or ["query", "value"]
-        names = {"query": "q", "key": "k", "value": "v", "dense": "oif"}
-        lora = tuple((k, opts.r, opts.dropout) for t in targets for k in names.get(t, ""))
-        if not lora:
-            raise NotImplementedError(f"target_modules={targets!r}: no LoRA accounting for these names")
-        return _Train(lora=lora), False
-    if method == "adapter":
-        houlsby = opts.placement == "houlsby"
-        return _Train(attn_adapter=opts.bottleneck if houlsby else 0, ffn_adapter=opts.bottleneck,
-                      ffn_mode="parallel" if opts.placement == "parallel" else "series"), False
-    # MEFT: every layer has a parallel FFN adapter; MEFT3 also a series attention adapter
-    return _Train(ffn_adapter=opts.bottleneck, attn_adapter=opts.bottleneck if opts.variant == "meft3" else 0), False
-
-
 def _embeddings(s: _Shape, out_rg: bool, weights_train: bool, positions: int) -> float:
     """Embeddings: LayerNorm input and stats, dropout mask, the output; indices when the tables train."""
     if not out_rg:
@@ -276,7 +245,7 @@ def _head(s: _Shape, pooler_trains: bool, labels: int) -> float:
     return saved + (s.nd() if pooler_trains else 0)
 
 
-def _meft(s: _Shape, t: _Train, opts: Any, n_layers: int) -> dict[str, float]:
+def _meft(s: _Shape, t: LayerTraining, opts: Any, n_layers: int) -> dict[str, float]:
     """Stored bytes and the backward peak of the reversible stack (mefts_core.engine.reversible), in bytes.
 
     Stored: the top state (two n·d streams; int64 in exact mode), exact mode's remainder buffers (one per scaled
@@ -336,7 +305,7 @@ def _meft(s: _Shape, t: _Train, opts: Any, n_layers: int) -> dict[str, float]:
     return {"stored": stored, "top": 2 * w, "working": max(moments), "moments": moments}
 
 
-def _meft_attention(s: _Shape, t: _Train, chunk_tokens: int | str) -> tuple[float, float]:
+def _meft_attention(s: _Shape, t: LayerTraining, chunk_tokens: int | str) -> tuple[float, float]:
     """(saved, backward transient) of a MEFT layer's attention piece recomputed with grad. With chunking on a CPU with
     attention dropout, the chunked kernel (mefts_core.engine.attention) saves q, k, v and its backward holds dq, dk, dv, one
     chunk of the output gradient and three (B, h, chunk, T) tensors (probabilities, their gradient, the mask with its
@@ -380,18 +349,24 @@ def estimate_memory(backbone: str, method: str, batch_size: int, seq_len: int, l
     Raises:
         ValueError: bad method options or dtype. NotImplementedError: a family without a layer walk.
     """
-    from mefts_core.config import method_options
+    from mefts_core.engine.models import family_for_type
+    from mefts_core.methods import method_options, method_spec
 
     options = dict(options or {})
     opts = method_options(method, **options)
+    if method_spec(method).estimate is None:
+        raise NotImplementedError(f"method={method!r}: registered without an estimate spec")
     if dtype not in _ELEMENT:
         raise ValueError(f"dtype={dtype!r}: must be one of {', '.join(_ELEMENT)}")
     if device not in ("cpu", "cuda"):
         raise ValueError(f"device={device!r}: must be cpu or cuda")
     summary = _model_summary(backbone, method, layers, json.dumps(options, sort_keys=True), dtype)
     cfg = summary["config"]
-    if cfg.model_type not in ("bert", "roberta"):
-        raise NotImplementedError(f"no activation model for model_type={cfg.model_type!r} yet (BERT/RoBERTa only)")
+    family = family_for_type(cfg.model_type)
+    shape = family.estimate_shape(cfg) if family is not None else None
+    if shape is None:
+        raise NotImplementedError(f"no activation model for model_type={cfg.model_type!r} yet (its family registers "
+                                  "no estimate_shape)")
     if device == "cpu" and dtype != "float32":
         # measured: CPU's SDPA math path and LayerNorm keep float32 intermediates for bfloat16/float16 inputs
         raise NotImplementedError(f"dtype={dtype!r} on cpu: reduced-precision CPU kernels keep float32 "
@@ -401,11 +376,10 @@ def estimate_memory(backbone: str, method: str, batch_size: int, seq_len: int, l
     if attention not in ("math", "fused"):
         raise ValueError(f"attention={attention!r}: must be math or fused")
     B, T = batch_size, seq_len
-    s = _Shape(n=B * T, B=B, T=T, d=cfg.hidden_size, I=cfg.intermediate_size, h=cfg.num_attention_heads,
-               A=B * cfg.num_attention_heads * T * T, e=e, m=e if device == "cpu" else 1,
-               p_hidden=cfg.hidden_dropout_prob, p_attn=cfg.attention_probs_dropout_prob,
-               fused_attention=attention == "fused")
-    n_layers = cfg.num_hidden_layers
+    s = _Shape(n=B * T, B=B, T=T, d=shape["hidden"], I=shape["ffn"], h=shape["heads"],
+               A=B * shape["heads"] * T * T, e=e, m=e if device == "cpu" else 1, p_hidden=shape["p_hidden"],
+               p_attn=shape["p_attn"], fused_attention=attention == "fused")
+    n_layers = shape["layers"]
 
     param_bytes, trainable_bytes = summary["param_bytes"], summary["trainable_bytes"]
     buffer_bytes = summary["buffer_bytes"]
@@ -415,14 +389,15 @@ def estimate_memory(backbone: str, method: str, batch_size: int, seq_len: int, l
 
     if getattr(opts, "offload_activations", False) and device == "cuda":
         raise NotImplementedError("offload_activations on cuda: the saved tensors leave the card; not estimated")
-    train, emb_rg = _train_spec(method, opts, cfg)
+    train = method_spec(method).estimate(opts)
+    emb_rg = train.embeddings_need_grad
     gc_on = bool(getattr(opts, "gradient_checkpointing", False))
     # HF's checkpointing makes the embeddings' output require grad (enable_input_require_grads), so that each
     # checkpointed layer has an input with grad: the embeddings' LayerNorm and dropout then save for backward too.
     emb_rg = emb_rg or gc_on
     terms: dict[str, float] = {}
-    meft = method.startswith("meft")
-    terms["embeddings"] = _embeddings(s, emb_rg, method == "full", cfg.max_position_embeddings)
+    meft = train.reversible
+    terms["embeddings"] = _embeddings(s, emb_rg, train.embeddings_train, shape["positions"])
     x_rg = emb_rg
     layer_saved, inputs, top = 0.0, 0.0, None
     if meft:
@@ -438,8 +413,7 @@ def estimate_memory(backbone: str, method: str, batch_size: int, seq_len: int, l
         layer_saved += top["saved"] + top["x_saved"]
         inputs += s.nd()  # a checkpointed layer keeps its input
         x_rg = top["out_rg"]
-    pooler_trains = method == "full"
-    terms["head"] = _head(s, pooler_trains, num_labels)
+    terms["head"] = _head(s, train.pooler_trains, num_labels)
     if top is None:
         act_peak = stored = sum(terms.values())
     elif gc_on:
@@ -456,8 +430,8 @@ def estimate_memory(backbone: str, method: str, batch_size: int, seq_len: int, l
         # + a new gradient for every block parameter, held by the Function until its backward returns
         # (the top state is part of the first layer's working set: it is released as that layer is inverted)
         act_peak = max(act_peak, terms["embeddings"] + m["stored"] - m["top"] + m["working"] + trainable_bytes)
-    if method == "full":  # the dense word-embedding gradient at the end of backward, beside the incoming grad
-        act_peak = max(act_peak, cfg.vocab_size * s.d * e + s.nd())
+    if train.embeddings_train:  # the dense word-embedding gradient at the end of backward, beside the incoming grad
+        act_peak = max(act_peak, shape["vocab"] * s.d * e + s.nd())
 
     runtime_bytes = CUDA_RUNTIME_BYTES if device == "cuda" else 0
     static = param_bytes + buffer_bytes + batch_bytes + trainable_bytes + optimizer_bytes + runtime_bytes

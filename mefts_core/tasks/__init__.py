@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mefts_core.errors import ConfigError
 from mefts_core.tasks.base import (
     ChoiceExample,
     Example,
@@ -70,8 +71,8 @@ def hub_allowed() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0") != "1"
 
 
-def _unknown_task(name: Any) -> ValueError:
-    return ValueError(f"task={name!r}: unknown task; valid: {', '.join(TASK_NAMES)}")
+def _unknown_task(name: Any) -> ConfigError:
+    return ConfigError("task", name, f"unknown task; valid: {', '.join(TASK_NAMES)}")
 
 
 def get_task(name: str) -> Task:
@@ -83,7 +84,7 @@ def get_task(name: str) -> Task:
 
 def _no_data_message(name: str) -> str:
     return (
-        f"task {name!r}: no offline copy of its data is installed and the hub is off (HF_HUB_OFFLINE=1); "
+        "no offline copy of its data is installed and the hub is off (HF_HUB_OFFLINE=1); "
         f"pass task_options data_dir=<a datasets.save_to_disk folder or a folder with train/dev/test CSV/JSONL "
         f"files with columns {', '.join(TASKS[name].columns)}> (CLI: --data-dir DIR)"
     )
@@ -96,20 +97,20 @@ def validate_task_options(name: str, options: dict[str, Any] | None) -> dict[str
     if options is None:
         options = {}
     if not isinstance(options, dict):
-        raise ValueError(f"task_options={options!r}: must be a dict")
+        raise ConfigError("task_options", options, "must be a dict")
     valid = LOCAL_OPTIONS if name == "local" else ("data_dir",)
     for key in options:
         if key not in valid:
-            raise ValueError(f"task_options[{key!r}]={options[key]!r}: not an option of task {name!r}; "
-                             f"valid: {', '.join(valid)}")
+            raise ConfigError(("task_options", key), options[key], f"not an option of task {name!r}; "
+                                                                   f"valid: {', '.join(valid)}")
     if name == "local":
         return validate_local_options(options)
     if "data_dir" in options:
         if not Path(str(options["data_dir"])).exists():
-            raise ValueError(f"data_dir={str(options['data_dir'])!r}: not found")
+            raise ConfigError(("task_options", "data_dir"), str(options["data_dir"]), "not found")
         return dict(options)
     if packaged_path(TASKS[name].packaged) is None and not hub_allowed():
-        raise ValueError(_no_data_message(name))
+        raise ConfigError("task", name, _no_data_message(name))
     return dict(options)
 
 

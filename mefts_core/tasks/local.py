@@ -18,20 +18,22 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from mefts_core.errors import MISSING, ConfigError
 from mefts_core.tasks.base import Task, TaskDataError, TextExample
 from mefts_core.tasks.data import file_columns, read_file, read_local
 
 LOCAL_OPTIONS = ("train_file", "eval_file", "test_file", "text_columns", "label_column", "problem", "data_dir")
 LOCAL_PROBLEMS = ("classification", "regression")
+_LOC = ("task_options",)
 
 
 def _text_columns(value: Any) -> list[str]:
     if isinstance(value, str):
         value = [c.strip() for c in value.split(",") if c.strip()]
     if not isinstance(value, list | tuple) or not value or not all(isinstance(c, str) and c for c in value):
-        raise ValueError(f"text_columns={value!r}: must be one or two column names")
+        raise ConfigError(_LOC + ("text_columns",), value, "must be one or two column names")
     if len(value) > 2:
-        raise ValueError(f"text_columns={list(value)!r}: at most two columns (a text and an optional pair)")
+        raise ConfigError(_LOC + ("text_columns",), list(value), "at most two columns (a text and an optional pair)")
     return list(value)
 
 
@@ -40,34 +42,35 @@ def validate_local_options(options: dict[str, Any]) -> dict[str, Any]:
     opts = dict(options)
     if "text_columns" not in opts or "label_column" not in opts:
         missing = "text_columns" if "text_columns" not in opts else "label_column"
-        raise ValueError(f"{missing}: required for task 'local' (CLI: --text-columns a[,b] --label-column y)")
+        raise ConfigError(_LOC + (missing,), MISSING,
+                          "required for task 'local' (CLI: --text-columns a[,b] --label-column y)")
     opts["text_columns"] = _text_columns(opts["text_columns"])
     if not isinstance(opts["label_column"], str) or not opts["label_column"]:
-        raise ValueError(f"label_column={opts['label_column']!r}: must be a column name")
+        raise ConfigError(_LOC + ("label_column",), opts["label_column"], "must be a column name")
     if "problem" in opts and opts["problem"] not in LOCAL_PROBLEMS:
-        raise ValueError(f"problem={opts['problem']!r}: must be one of {', '.join(LOCAL_PROBLEMS)}")
+        raise ConfigError(_LOC + ("problem",), opts["problem"], f"must be one of {', '.join(LOCAL_PROBLEMS)}")
     if "data_dir" in opts:
         if not Path(opts["data_dir"]).exists():
-            raise ValueError(f"data_dir={opts['data_dir']!r}: not found")
+            raise ConfigError(_LOC + ("data_dir",), opts["data_dir"], "not found")
         return opts
     for key in ("train_file", "eval_file"):
         if key not in opts:
-            raise ValueError(f"{key}: required for task 'local' (or give data_dir)")
+            raise ConfigError(_LOC + (key,), MISSING, "required for task 'local' (or give data_dir)")
     for key in ("train_file", "eval_file", "test_file"):
         if key not in opts:
             continue
         path = Path(str(opts[key]))
         if not path.is_file():
-            raise ValueError(f"{key}={str(opts[key])!r}: file not found")
+            raise ConfigError(_LOC + (key,), str(opts[key]), "file not found")
         try:
             cols = file_columns(path)
         except TaskDataError as e:
-            raise ValueError(f"{key}={str(opts[key])!r}: {e}") from e
+            raise ConfigError(_LOC + (key,), str(opts[key]), str(e)) from e
         for col_key, wanted in (("text_columns", opts["text_columns"]), ("label_column", [opts["label_column"]])):
             for c in wanted:
                 if c not in cols:
                     shown = c if col_key == "label_column" else wanted
-                    raise ValueError(f"{col_key}={shown!r}: {c!r} not in {path.name}; columns: {', '.join(cols)}")
+                    raise ConfigError(_LOC + (col_key,), shown, f"{c!r} not in {path.name}; columns: {', '.join(cols)}")
     return opts
 
 

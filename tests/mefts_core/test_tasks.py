@@ -182,9 +182,9 @@ def test_glue_save_to_disk_folder_and_hidden_test_split(tmp_path):
 
 def test_task_without_data_names_what_to_pass(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(ValueError, match=r"task 'cola': no offline copy.*data_dir=.*columns sentence, label"):
+    with pytest.raises(ValueError, match=r"task='cola': no offline copy.*data_dir=.*columns sentence, label"):
         load_task("cola")
-    with pytest.raises(ValueError, match="task 'cola'"):
+    with pytest.raises(ValueError, match="task='cola'"):
         validate_task_options("cola", {})
 
 
@@ -228,18 +228,19 @@ def test_local_errors_name_column_file_and_choices(tmp_path):
             "text_columns": ["text"], "label_column": "label"}
     with pytest.raises(ValueError) as e:
         validate_task_options("local", {**base, "label_column": "y"})
-    assert str(e.value) == "label_column='y': 'y' not in train.csv; columns: text, label"
+    assert str(e.value) == "task_options.label_column='y': 'y' not in train.csv; columns: text, label"
+    assert (e.value.loc, e.value.value) == (("task_options", "label_column"), "y")
     with pytest.raises(ValueError, match=r"text_columns=\['body'\]: 'body' not in train.csv; columns: text, label"):
         validate_task_options("local", {**base, "text_columns": ["body"]})
     with pytest.raises(ValueError, match=r"eval_file='.*missing.csv': file not found"):
         validate_task_options("local", {**base, "eval_file": str(tmp_path / "missing.csv")})
     with pytest.raises(ValueError, match="problem='ranking': must be one of classification, regression"):
         validate_task_options("local", {**base, "problem": "ranking"})
-    with pytest.raises(ValueError, match=r"task_options\['colour'\]='red': not an option of task 'local'; valid: "):
+    with pytest.raises(ValueError, match=r"task_options.colour='red': not an option of task 'local'; valid: "):
         validate_task_options("local", {**base, "colour": "red"})
     with pytest.raises(ValueError, match=r"label_column: required"):
         validate_task_options("local", {k: v for k, v in base.items() if k != "label_column"})
-    with pytest.raises(ValueError, match=r"task_options\['train_file'\].*not an option of task 'sst2'; valid: data_dir"):
+    with pytest.raises(ValueError, match=r"task_options.train_file=.*not an option of task 'sst2'; valid: data_dir"):
         validate_task_options("sst2", {"train_file": "x.csv"})
     with pytest.raises(ValueError, match=r"task='foo': unknown task; valid: cola, sst2, mrpc"):
         validate_task_options("foo", {})

@@ -10,7 +10,9 @@ import torch
 
 import mefts_core.training.trainer as train_mod
 from mefts_core.training.callbacks import Callback
-from mefts_core.training.trainer import TrainConfig, run_training
+from mefts_core.config import TrainConfig
+from mefts_core.errors import ConfigError
+from mefts_core.training.trainer import run_training
 
 TINY = dict(backbone="tiny-bert", method="full", task="sst2", epochs=1, max_train_samples=32, max_eval_samples=32,
             batch_size=8, max_seq_len=32)
@@ -52,22 +54,25 @@ class Recorder(Callback):
         ({"task": "foo"}, "task='foo': unknown task; valid: cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, openbookqa"),
         ({"backbone": "no such model"}, "backbone='no such model': unknown backbone; valid: minilm-l6"),
         ({"method": "prefix"}, "method='prefix': unknown method; valid: full, lora"),
-        ({"method": "lora", "method_options": {"r": 0}}, "r=0: must be an integer >= 1"),
-        ({"method_options": {"r": 8}}, "r=8: option does not belong to method 'full'"),
+        ({"method": "lora", "method_options": {"r": 0}}, "method_options.r=0: must be an integer >= 1"),
+        ({"method_options": {"r": 8}}, "method_options.r=8: option does not belong to method 'full'"),
         ({"batch_size": 0}, "batch_size=0: must be an integer >= 1"),
         ({"epochs": True}, "epochs=True: must be an integer >= 1"),
         ({"warmup_ratio": 1.5}, "warmup_ratio=1.5: must be in [0, 1)"),
         ({"device": "gpu"}, "device='gpu': must be 'auto', 'cpu', 'cuda' or 'cuda:N'"),
         ({"threads": 0}, "threads=0: must be an integer >= 1 or None"),
         ({"bf16": "yes"}, "bf16='yes': must be true or false"),
-        ({"task_options": {"data_dir": "/nowhere"}}, "data_dir='/nowhere': not found"),
-        ({"task_options": {"foo": 1}}, "task_options['foo']=1: not an option of task 'sst2'"),
+        ({"task_options": {"data_dir": "/nowhere"}}, "task_options.data_dir='/nowhere': not found"),
+        ({"task_options": {"foo": 1}}, "task_options.foo=1: not an option of task 'sst2'"),
     ],
 )
 def test_config_rejects_bad_fields_naming_field_and_value(change, message):
-    with pytest.raises(ValueError) as e:
+    with pytest.raises(ConfigError) as e:
         TrainConfig(**{**TINY, **change})
     assert str(e.value).startswith(message), str(e.value)
+    # the field's path and value travel as data: callers map them without reading the message
+    assert message.startswith(e.value.field + "="), (e.value.loc, message)
+    assert message.startswith(f"{e.value.field}={e.value.value!r}")
 
 
 def test_config_dict_round_trip_and_unknown_key():

@@ -5,6 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 from torch.nn import functional as F
+from transformers import BartConfig
+
+from mefts_core.engine.models.registry import Family, register_family
 
 
 def _adapt(h: torch.Tensor, x: torch.Tensor, adapter: nn.Module | None, mode: str) -> torch.Tensor:
@@ -50,7 +53,10 @@ class BartFfnPiece(nn.Module):
         return self.norm(x + _adapt(h, x, self.adapter, self.mode))
 
 
-class BartFamily:
+class BartFamily(Family):
+    """BART (encoder-decoder, post-LN): the encoder's and the decoder's layers, each a stack."""
+
+    name = "bart"
     model_types = ("bart",)
     pre_ln = False
     lora_targets = ["q_proj", "v_proj"]
@@ -69,3 +75,16 @@ class BartFamily:
             attn[0].adapter = None
             attn.append(BartAttnPiece(layer, cross=True, adapter=attn_adapter))
         return attn, BartFfnPiece(layer, ffn_adapter, ffn_mode)
+
+    @staticmethod
+    def random_config(shape: dict[str, int], tok, kw: dict) -> BartConfig:
+        d, L, H, ffn = (shape[k] for k in ("hidden_size", "num_hidden_layers", "num_attention_heads",
+                                             "intermediate_size"))
+        return BartConfig(vocab_size=len(tok), d_model=d, encoder_layers=L, decoder_layers=L,
+                          encoder_attention_heads=H, decoder_attention_heads=H, encoder_ffn_dim=ffn,
+                          decoder_ffn_dim=ffn, max_position_embeddings=1024, decoder_start_token_id=tok.eos_token_id,
+                          pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                          **kw)
+
+
+register_family(BartFamily)

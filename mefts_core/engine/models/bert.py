@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from transformers import BertConfig, RobertaConfig
 
 from mefts_core.engine.adapters import AdaptedOutput
+from mefts_core.engine.models.registry import Family, register_family
 
 
 class AttnCall(nn.Module):
@@ -37,12 +39,15 @@ class FfnCall(nn.Module):
         return self.output(self.intermediate(x), x)  # (B, T, d)
 
 
-class BertFamily:
-    """BERT and RoBERTa (HF BertLayer / RobertaLayer)."""
+class BertFamily(Family):
+    """BERT (HF BertLayer); RoBERTa shares its layers."""
 
-    model_types = ("bert", "roberta")
+    name = "bert"
+    model_types = ("bert",)
     pre_ln = False
     lora_targets = ["query", "value"]
+    hf_ffn_chunking = True
+    tokenizer = "wordpiece"
 
     @staticmethod
     def groups(base: nn.Module) -> list[tuple[nn.ModuleList, tuple[str, ...]]]:
@@ -57,3 +62,31 @@ class BertFamily:
         if ffn_adapter is not None:
             layer.output = AdaptedOutput(layer.output, ffn_adapter, ffn_mode)
         return [AttnCall(layer.attention)], FfnCall(layer.intermediate, layer.output)
+
+    @staticmethod
+    def random_config(shape: dict[str, int], tok, kw: dict) -> BertConfig:
+        return BertConfig(vocab_size=tok.vocab_size, **shape, **kw)
+
+    @staticmethod
+    def estimate_shape(config) -> dict:
+        return {"hidden": config.hidden_size, "ffn": config.intermediate_size, "heads": config.num_attention_heads,
+                "layers": config.num_hidden_layers, "p_hidden": config.hidden_dropout_prob,
+                "p_attn": config.attention_probs_dropout_prob, "positions": config.max_position_embeddings,
+                "vocab": config.vocab_size}
+
+
+class RobertaFamily(BertFamily):
+    """RoBERTa (HF RobertaLayer: BERT's layer; a BPE vocabulary and positions offset past the pad id)."""
+
+    name = "roberta"
+    model_types = ("roberta",)
+    tokenizer = "bpe"
+
+    @staticmethod
+    def random_config(shape: dict[str, int], tok, kw: dict) -> RobertaConfig:
+        return RobertaConfig(vocab_size=len(tok), **shape, max_position_embeddings=514, pad_token_id=tok.pad_token_id,
+                             bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, **kw)
+
+
+register_family(BertFamily)
+register_family(RobertaFamily)

@@ -9,6 +9,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 from torch.nn import functional as F
+from transformers import LlamaConfig, OPTConfig
+
+from mefts_core.engine.models.registry import Family, register_family
 
 
 class OptAttnPiece(nn.Module):
@@ -73,8 +76,12 @@ class LlamaFfnPiece(nn.Module):
         return x + h
 
 
-class OptFamily:
+class OptFamily(Family):
+    """OPT (pre-LN decoder)."""
+
+    name = "opt"
     model_types = ("opt",)
+    decoder = True
     pre_ln = True
     lora_targets = ["q_proj", "v_proj"]
 
@@ -88,9 +95,20 @@ class OptFamily:
     def pieces(layer: nn.Module, *, attn_adapter=None, ffn_adapter=None, ffn_mode: str = "parallel"):
         return [OptAttnPiece(layer, attn_adapter)], OptFfnPiece(layer, ffn_adapter, ffn_mode)
 
+    @staticmethod
+    def random_config(shape: dict[str, int], tok, kw: dict) -> OPTConfig:
+        d, L, H, ffn = (shape[k] for k in ("hidden_size", "num_hidden_layers", "num_attention_heads",
+                                             "intermediate_size"))
+        return OPTConfig(vocab_size=len(tok), hidden_size=d, num_hidden_layers=L, num_attention_heads=H, ffn_dim=ffn,
+                         word_embed_proj_dim=d, max_position_embeddings=2048, **_special_ids(tok), **kw)
 
-class LlamaFamily:
+
+class LlamaFamily(Family):
+    """Llama and its relatives that share its layer (SmolLM2)."""
+
+    name = "llama"
     model_types = ("llama",)
+    decoder = True
     pre_ln = True
     lora_targets = ["q_proj", "v_proj"]
 
@@ -101,3 +119,16 @@ class LlamaFamily:
     @staticmethod
     def pieces(layer: nn.Module, *, attn_adapter=None, ffn_adapter=None, ffn_mode: str = "parallel"):
         return [LlamaAttnPiece(layer, attn_adapter)], LlamaFfnPiece(layer, ffn_adapter, ffn_mode)
+
+    @staticmethod
+    def random_config(shape: dict[str, int], tok, kw: dict) -> LlamaConfig:
+        return LlamaConfig(vocab_size=len(tok), **shape, num_key_value_heads=max(1, shape["num_attention_heads"] // 2),
+                           max_position_embeddings=2048, tie_word_embeddings=True, **_special_ids(tok), **kw)
+
+
+def _special_ids(tok) -> dict[str, int]:
+    return dict(pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+
+
+register_family(OptFamily)
+register_family(LlamaFamily)
