@@ -102,6 +102,19 @@ BACKBONES: dict[str, BackboneSpec] = {s.name: s for s in [
 ]}
 
 
+def register_backbone(spec: BackboneSpec, *, replace: bool = False) -> BackboneSpec:
+    """Add a backbone name (its family must be registered; ValueError when the name is taken, unless `replace`)."""
+    family_named(spec.family)
+    if spec.name in BACKBONES and not replace:
+        raise ValueError(f"backbone {spec.name!r} is already registered")
+    BACKBONES[spec.name] = spec
+    return spec
+
+
+def unregister_backbone(name: str) -> None:
+    BACKBONES.pop(name, None)
+
+
 def backbone_catalog() -> list[dict[str, Any]]:
     return [{"name": s.name, "family": s.family, "real_weights": s.real_weights, "decoder": s.is_decoder,
              "description": s.description} for s in BACKBONES.values()]

@@ -1,0 +1,84 @@
+"""Batches, the task loss and evaluation: what the training loop does to one batch of encoded examples."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from mefts_core.tasks import TaskData
+from mefts_core.tasks.encoding import MODEL_KEYS, collate
+from mefts_core.tasks.metrics import compute_metrics
+from mefts_core.training.scoring import collate_choices_lm
+
+
+def batches(features: list[dict[str, Any]], batch_size: int, pad_id: int, order: list[int] | None = None):
+    idx = order if order is not None else list(range(len(features)))
+    for i in range(0, len(idx), batch_size):
+        yield collate_any([features[j] for j in idx[i : i + batch_size]], pad_id)
+
+
+def collate_any(features: list[dict[str, Any]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Options scored by a decoder's likelihood (they carry "n_option") or the usual padded batch."""
+    return collate_choices_lm(features, pad_id) if "n_option" in features[0] else collate(features, pad_id)
+
+
+def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    keys = (*MODEL_KEYS, "option_mask", "choice_mask") if "option_mask" in batch else MODEL_KEYS
+    return {k: batch[k] for k in keys if k in batch}
+
+
+def logits_of(output: Any) -> torch.Tensor:
+    return output["logits"] if isinstance(output, dict) else output.logits
+
+
+def task_loss(problem: str, logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Cross-entropy (classification; multiple choice with padded options masked out) or MSE (regression)."""
+    labels = batch["labels"]
+    logits = logits.float()
+    if problem == "regression":
+        return F.mse_loss(logits.view(-1), labels.float())
+    if problem == "multiple_choice" and "choice_mask" in batch:
+        logits = logits.masked_fill(~batch["choice_mask"], torch.finfo(logits.dtype).min)
+    return F.cross_entropy(logits, labels)
+
+
+def _predictions(problem: str, logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> list:
+    logits = logits.float()
+    if problem == "regression":
+        return logits.view(-1).tolist()
+    if problem == "multiple_choice" and "choice_mask" in batch:
+        logits = logits.masked_fill(~batch["choice_mask"], torch.finfo(logits.dtype).min)
+    return logits.argmax(-1).tolist()
+
+
+def autocast(device: torch.device, enabled: bool):
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, features: list[dict[str, Any]], data: TaskData, *, batch_size: int,
+             pad_id: int, device: torch.device, bf16: bool) -> dict[str, float]:
+    """The task's metrics (plus "loss") on encoded features, in eval mode."""
+    task = data.task
+    model.eval()
+    preds: list = []
+    labels: list = []
+    total, n = 0.0, 0
+    for batch in batches(features, batch_size, pad_id):
+        batch = to_device(batch, device)
+        with autocast(device, bf16):
+            logits = logits_of(model(**model_inputs(batch)))
+        loss = task_loss(task.problem, logits, batch)
+        total += float(loss) * len(batch["labels"])
+        n += len(batch["labels"])
+        preds += _predictions(task.problem, logits, batch)
+        labels += batch["labels"].tolist()
+    metrics = compute_metrics(task.metrics, preds, labels)
+    metrics["loss"] = total / max(n, 1)
+    return metrics
