@@ -9,11 +9,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mefts_core.engine.options import MeftOptions
 from mefts_core.engine.adapters import adapter_for
 from mefts_core.engine.attention import use_chunked_attention
 from mefts_core.engine.coupling import as_fraction
 from mefts_core.engine.models.base import AdapterCall, Chain, install
+from mefts_core.engine.options import MeftOptions
 from mefts_core.engine.reversible import RevBlock, ReversibleStack
 
 # Per variant: does the state swap between layers, and which stream of the final state tracks the PLM's h_N.

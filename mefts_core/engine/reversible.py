@@ -3,7 +3,8 @@
 Layer n:  y1 = λ·x1 + F(x2);  y2 = β·x2 + G(y1);  MEFT1/2 emit (y2, y1) (the streams swap), MEFT3 (y1, y2).
 Backward (meft-spec.md §3.2) recomputes G then F one layer at a time, under the forward's replayed dropout seeds and
 autocast state, and inverts the coupling to get the layer's input. Only the top state (plus, in exact mode, the
-remainder buffers) is kept from forward to backward, so activation memory does not grow with depth.
+remainder buffers) is kept from forward to backward, so activation memory does not grow with depth. The recompute
+itself (the replay, what forward keeps, each function's staged VJP) is in mefts_core.engine.recompute.
 
 Trainable parameters of the blocks are passed to the autograd Function as inputs (as memcnn does): the Function is then
 always called in backward, whether or not its input requires grad, and their gradients flow the normal way (so
@@ -12,8 +13,6 @@ always called in backward, whether or not its input requires grad, and their gra
 
 from __future__ import annotations
 
-import contextlib
-from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
@@ -21,37 +20,9 @@ import torch
 from torch import nn
 
 from mefts_core.engine.coupling import ExactArith, FloatArith
-from mefts_core.engine.models.base import piece_chunks, run_pieces, token_slice
+from mefts_core.engine.recompute import Replay, Stash, add_grad, recompute_vjp
 
 _SEED_MOD = 2**62
-
-
-@dataclass
-class _Replay:
-    """What the recompute must reproduce: per-call dropout seeds and the autocast state of the forward."""
-
-    seeds: list[tuple[int, int]] | None  # (seed_F, seed_G) per layer; None when not training (no dropout)
-    device_type: str
-    autocast: bool
-    autocast_dtype: torch.dtype
-
-    @contextlib.contextmanager
-    def run(self, layer: int, which: int, replay_autocast: bool = True):
-        """Run one F (which=0) or G (which=1) call under its seed, leaving the global RNG stream unchanged."""
-        with contextlib.ExitStack() as stack:
-            if self.seeds is not None:
-                cuda = self.device_type == "cuda"
-                devices = [torch.cuda.current_device()] if cuda else []
-                stack.enter_context(torch.random.fork_rng(devices=devices))
-                # Seed only the generator the dropout draws from: torch.manual_seed seeds every device type, and for
-                # one not initialised (XPU beside CUDA; CUDA and XPU on CPU) it formats a stack trace on each call.
-                gen = torch.cuda.default_generators[devices[0]] if cuda else torch.default_generator
-                gen.manual_seed(self.seeds[layer][which])
-            if replay_autocast:
-                stack.enter_context(
-                    torch.autocast(self.device_type, dtype=self.autocast_dtype, enabled=self.autocast)
-                )
-            yield
 
 
 class RevBlock(nn.Module):
@@ -101,7 +72,7 @@ class ReversibleStack(nn.Module):
     def arith(self, dtype: torch.dtype) -> FloatArith | ExactArith:
         return ExactArith(dtype=dtype) if self.exact else FloatArith(dtype)
 
-    def _replay(self, x: torch.Tensor) -> _Replay:
+    def _replay(self, x: torch.Tensor) -> Replay:
         dev = x.device.type
         seeds = None
         if self.training:
@@ -109,7 +80,7 @@ class ReversibleStack(nn.Module):
             draws = torch.randint(0, _SEED_MOD, (len(self.blocks), 2), generator=gen)
             seeds = [(int(a), int(b)) for a, b in draws.tolist()]
             self.calls += 1
-        return _Replay(seeds, dev, torch.is_autocast_enabled(dev), torch.get_autocast_dtype(dev))
+        return Replay(seeds, dev, torch.is_autocast_enabled(dev), torch.get_autocast_dtype(dev))
 
     def _order(self, y1, y2):
         return (y2, y1) if self.swap else (y1, y2)
@@ -146,7 +117,7 @@ class ReversibleStack(nn.Module):
                                   *[ctx[k] for k in extras], *merge_params, *params)
         return outs if merge is None else outs[0]
 
-    def run_forward(self, h0: torch.Tensor, replay: _Replay, ctx: dict, keep: bool = False):
+    def run_forward(self, h0: torch.Tensor, replay: Replay, ctx: dict, keep: bool = False):
         """The coupling without autograd. Returns the top state, the remainder buffers and the checkpoints."""
         ar = self.arith(h0.dtype)
         s = ar.encode(h0)
@@ -203,7 +174,7 @@ class ReversibleStack(nn.Module):
         ar.check()
         return x1f, x2f
 
-    def invert(self, state, buffers, replay: _Replay, ctx: dict, dtype: torch.dtype = torch.float32):
+    def invert(self, state, buffers, replay: Replay, ctx: dict, dtype: torch.dtype = torch.float32):
         """Rebuild every layer's input state from the top state (no gradients). Index i = input of layer i."""
         ar = self.arith(dtype)
         zeros = torch.zeros(state[0].shape, dtype=dtype, device=state[0].device)
@@ -228,7 +199,7 @@ class ReversibleStack(nn.Module):
             )
 
     # -- backward ------------------------------------------------------------------------------------------------
-    def backward_layer(self, i: int, carry: list, buf_l, buf_b, replay: _Replay, ctx: dict, ar, params,
+    def backward_layer(self, i: int, carry: list, buf_l, buf_b, replay: Replay, ctx: dict, ar, params,
                        extras: tuple[str, ...] = (), egrads: list | None = None):
         """Rebuild layer i's input from its output and push the gradient through it (Listing 1, with inverses).
 
@@ -242,161 +213,23 @@ class ReversibleStack(nn.Module):
         (y1, y2), (dy1, dy2) = self._order(*carry[0]), self._order(*carry[1])
         carry.clear()  # from here on, each tensor is freed as soon as this layer no longer needs it
         seed1 = dy1 - dy2 * float(self.beta) if self.g_residual else dy1
-        g, dy1, grads_g, egrads = self._vjp(block.g, ar.decode(y1), dy2, params, replay, i, 1, ctx, extras, seed1,
-                                            egrads)
+        how = {"piecewise": self.piecewise, "replay_autocast": self.replay_autocast}
+        g, dy1, grads_g, egrads = recompute_vjp(block.g, ar.decode(y1), dy2, params, replay, i, 1, ctx, extras, seed1,
+                                                egrads, **how)
         del seed1
         x2 = ar.unscale(ar.sub(y2, g), buf_b, self.beta, owned=True)
         del y2, g, buf_b
         x2 = x2 + y1 if self.g_residual else x2
         seed2 = dy2 * float(self.beta) - dy1 * float(self.lam) if self.f_residual else _times(dy2, self.beta)
         del dy2
-        f, dx2, grads_f, egrads = self._vjp(block.f, ar.decode(x2), dy1, params, replay, i, 0, ctx, extras, seed2,
-                                            egrads)
+        f, dx2, grads_f, egrads = recompute_vjp(block.f, ar.decode(x2), dy1, params, replay, i, 0, ctx, extras, seed2,
+                                                egrads, **how)
         del seed2
         x1 = ar.unscale(ar.sub(y1, f), buf_l, self.lam, owned=True)
         del y1, f
         x1 = x1 + x2 if self.f_residual else x1
         dx1 = _times(dy1, self.lam)
-        return (x1, x2), (dx1, dx2), [_add(a, b) for a, b in zip(grads_g, grads_f)], egrads
-
-    def _vjp(self, fn: nn.Module, x: torch.Tensor, dout: torch.Tensor, params, replay: _Replay, i: int,
-             which: int, ctx: dict, extras: tuple[str, ...] = (), dx_seed: torch.Tensor | None = None,
-             extra_seeds: list | None = None):
-        """Recompute fn(x) under the forward's seed and autocast; return (output, dL/dx, [dL/dparam], extra grads).
-
-        A function made of `pieces` (a whole layer = attention then FFN) is recomputed in stages, so that little of it
-        has a graph at a time:
-        - a trailing token-wise piece (the FFN) whose chunking is on runs one token chunk at a time, each chunk's
-          graph freed by its own backward before the next is built;
-        - with `self.piecewise` (recompute_unit="sublayer") every other piece is a stage of its own, recomputed from
-          its input after a no-graph pass (like checkpointing inside the layer: one more forward of those pieces);
-          otherwise they form one stage whose graph stays alive while the chunked FFN runs (one attention less).
-        Each stage starts from the RNG state it saw in the forward, so dropout masks are the same bits.
-
-        `dx_seed` is the gradient that reaches x through the coupling's bypass. It enters the same autograd call
-        (through a view of x created last, so it is accumulated first, as plain autograd does), which makes the
-        sum at x, and with it every gradient below, bit-identical to the vanilla backward's. `extra_seeds`, the
-        gradients of the extra ctx tensors (an encoder's output) from the layers above, enter the same way, so their
-        sum over the layers is accumulated in plain autograd's order too; the returned extra grads include them.
-        """
-        pieces = list(getattr(fn, "pieces", [fn]))
-        chunk_tokens = getattr(fn, "chunk_tokens", 0)
-        slices = piece_chunks(pieces[-1], x, chunk_tokens)
-        head = pieces[:-1] if slices is not None else pieces
-        stages: list[list[nn.Module]] = [[p] for p in head] if self.piecewise else ([head] if head else [])
-        if slices is not None:
-            stages.append(pieces[-1:])
-        # context tensors that need a gradient (an encoder's output) become leaves of this recompute
-        ctx = {k: (v.detach().requires_grad_(True) if k in extras else v) for k, v in ctx.items()}
-        leaves = [ctx[k] for k in extras]
-        grads: list[torch.Tensor | None] = [None] * len(params)
-        running = list(extra_seeds) if extra_seeds is not None else [None] * len(leaves)
-
-        with replay.run(i, which, self.replay_autocast):
-            xs, rng, live = [x], [], []  # stage inputs, RNG states at stage starts, graphs kept (layer unit)
-            for stage in stages[:-1]:
-                rng.append(_rng_state(x.device))
-                if self.piecewise:
-                    with torch.no_grad():
-                        xs.append(run_pieces(stage, xs[-1], ctx, chunk_tokens))
-                    live.append(None)
-                    continue
-                saved = _SavedStorages()
-                with torch.enable_grad(), saved:
-                    xin = xs[-1].detach().requires_grad_(True)
-                    y = run_pieces(stage, xin, ctx, chunk_tokens)
-                if len(stages) == 2 and not saved.holds(xin) and not _shares(y, xin):
-                    # no node kept the stage's input (frozen linears, post-LN residuals): its bytes go now, while the
-                    # graph lives on; xin stays as the handle autograd.grad returns the input's gradient for
-                    xin.untyped_storage().resize_(0)
-                live.append((xin, y))
-                xs.append(y.detach())
-            rng.append(_rng_state(x.device))
-            out = None
-            for k in reversed(range(len(stages))):
-                seed = dx_seed if k == 0 else None
-                if k == len(stages) - 1 and slices is not None:
-                    _set_rng_state(x.device, rng[k])
-                    out, dout, got = self._chunked_vjp(stages[k][0], xs[k], dout, ctx, params, slices, seed)
-                    grads = [_add(a, b) for a, b in zip(grads, got)]
-                    continue
-                if k < len(live) and live[k] is not None:
-                    (xin, y), live[k] = live[k], None
-                else:
-                    _set_rng_state(x.device, rng[k])
-                    with torch.enable_grad():
-                        xin = xs[k].detach().requires_grad_(True)
-                        y = run_pieces(stages[k], xin, ctx, chunk_tokens)
-                with torch.enable_grad():
-                    outs, gouts = [y], [dout.to(y.dtype)]
-                    for t, g in [(xin, seed), *zip(leaves, running)]:
-                        if g is not None:
-                            outs.append(t.view_as(t))
-                            gouts.append(g.to(t.dtype))
-                    got = torch.autograd.grad(outs, [xin, *params, *leaves], gouts, allow_unused=True)
-                if out is None:
-                    out = y.detach()
-                dout = got[0]
-                grads = [_add(a, b) for a, b in zip(grads, got[1 : 1 + len(params)])]
-                running = [r if g is None else g for g, r in zip(got[1 + len(params) :], running)]
-                del y, got, xin
-        return out, dout, grads, running
-
-    @staticmethod
-    def _chunked_vjp(piece: nn.Module, x: torch.Tensor, dout: torch.Tensor, ctx: dict, targets: list,
-                     slices: list[slice], dx_seed: torch.Tensor | None):
-        """A token-wise piece, recomputed and backpropagated one token chunk at a time: (output, dL/dx, grads).
-
-        Chunks run in forward order (the RNG flows as in the forward); the per-chunk parameter gradients are summed
-        last chunk first, the order in which plain autograd accumulates the chunks of `run_piece`'s concatenation.
-        """
-        out, dx = torch.empty_like(x), torch.empty_like(x)  # (B, T, d)
-        per_chunk = []
-        for sl in slices:
-            with torch.enable_grad():
-                xin = token_slice(x.detach(), sl).requires_grad_(True)
-                y = piece(xin, **ctx)
-                got = torch.autograd.grad([y], [xin, *targets], [dout[:, sl].to(y.dtype)], allow_unused=True)
-            out[:, sl] = y.detach()
-            dx[:, sl] = got[0]
-            per_chunk.append(got[1:])
-            del y, got, xin
-        grads: list[torch.Tensor | None] = [None] * len(targets)
-        for got in reversed(per_chunk):
-            grads = [_add(a, b) for a, b in zip(grads, got)]
-        if dx_seed is not None:
-            dx.add_(dx_seed.to(dx.dtype))
-        return out, dx, grads
-
-
-class _SavedStorages(torch.autograd.graph.saved_tensors_hooks):
-    """Records the storages that autograd saves for backward while active (tensors are kept as detached aliases)."""
-
-    def __init__(self) -> None:
-        self.ptrs: set[int] = set()
-        super().__init__(self._pack, lambda t: t)
-
-    def _pack(self, t: torch.Tensor) -> torch.Tensor:
-        self.ptrs.add(t.untyped_storage().data_ptr())
-        return t.detach()
-
-    def holds(self, t: torch.Tensor) -> bool:
-        return t.untyped_storage().data_ptr() in self.ptrs
-
-
-def _shares(a: torch.Tensor, b: torch.Tensor) -> bool:
-    return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
-
-
-def _rng_state(device: torch.device) -> torch.Tensor:
-    return torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.get_rng_state()
-
-
-def _set_rng_state(device: torch.device, state: torch.Tensor) -> None:
-    if device.type == "cuda":
-        torch.cuda.set_rng_state(state, device)
-    else:
-        torch.set_rng_state(state)
+        return (x1, x2), (dx1, dx2), [add_grad(a, b) for a, b in zip(grads_g, grads_f)], egrads
 
 
 class _Exact(torch.autograd.Function):
@@ -419,37 +252,11 @@ def _times(t: torch.Tensor, factor: Fraction) -> torch.Tensor:
     return t if factor == 1 else t * float(factor)
 
 
-def _add(a, b):
-    if a is None:
-        return b
-    return a if b is None else a + b
-
-
-class _Stash:
-    """Tensors kept from forward to backward as `save_for_backward` keeps them (through the active saved-tensor hooks,
-    so memory accounting and offloading hooks see them), but handed over one at a time and released as backward
-    consumes them: the top state is dead once the top layer is inverted, each remainder buffer once its layer is.
-    """
-
-    def __init__(self, tensors: list[torch.Tensor | None]) -> None:
-        hooks = torch._C._autograd._top_saved_tensors_default_hooks(False)
-        self._unpack = hooks[1] if hooks else None
-        self._items = [t if t is None or hooks is None else hooks[0](t) for t in tensors]
-        self._taken = [False] * len(tensors)
-
-    def take(self, i: int) -> torch.Tensor | None:
-        if self._taken[i]:
-            raise RuntimeError("the reversible stack's backward ran twice for one forward: it frees what it rebuilds "
-                               "from as it goes, so retain_graph=True is not supported through it")
-        item, self._items[i], self._taken[i] = self._items[i], None, True
-        return item if item is None or self._unpack is None else self._unpack(item)
-
-
 class _RevFunction(torch.autograd.Function):
     """Forward runs the stack without a graph and keeps only the top state and the exact-mode buffers."""
 
     @staticmethod
-    def forward(ctx, stack: ReversibleStack, replay: _Replay, static: dict, extras: list[str], merge, n_merge: int,
+    def forward(ctx, stack: ReversibleStack, replay: Replay, static: dict, extras: list[str], merge, n_merge: int,
                 h0: torch.Tensor, *tensors):
         extra_values = [t.detach() for t in tensors[: len(extras)]]
         ctx.merge, ctx.n_merge = merge, n_merge
@@ -460,7 +267,7 @@ class _RevFunction(torch.autograd.Function):
         ctx.in_dtype = h0.dtype
         ctx.checkpoint_keys = sorted(checkpoints)
         # [s1, s2, buffer per layer and scale..., checkpoint states...]
-        ctx.stash = _Stash([state[0], state[1], *buffers, *[t for k in ctx.checkpoint_keys for t in checkpoints[k]]])
+        ctx.stash = Stash([state[0], state[1], *buffers, *[t for k in ctx.checkpoint_keys for t in checkpoints[k]]])
         ctx.n_buffers = len(buffers)
         ctx.save_for_backward(*extra_values)  # an encoder's output: needed by every layer, to the end
         ar = stack.arith(h0.dtype)
@@ -508,7 +315,7 @@ class _RevFunction(torch.autograd.Function):
                 j = 2 + nb + 2 * ctx.checkpoint_keys.index(i)
                 state = (stash.take(j), stash.take(j + 1))
             for p, g in zip(params, grads):
-                pgrads[index[id(p)]] = _add(pgrads[index[id(p)]], g)
+                pgrads[index[id(p)]] = add_grad(pgrads[index[id(p)]], g)
         if stack.trace is not None:
             for st in reversed(rebuilt):
                 stack._record("rebuilt", st, ar)

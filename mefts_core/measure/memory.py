@@ -164,6 +164,28 @@ def _batch_shape(batch: dict[str, torch.Tensor]) -> list[int]:
     return list(first.shape) if first is not None else []
 
 
+def _start_bytes(model: nn.Module, batch: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
+                 params: list[nn.Parameter], device: torch.device) -> int:
+    """Bytes alive at the start of the measured step. CUDA: the allocator's count, its peak statistics reset; CPU:
+    everything we know to be alive (parameters, buffers, optimizer state, grads, the batch), as CUDA's absolute
+    counter would see it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        return torch.cuda.memory_allocated(device)
+    alive = params + list(model.buffers()) + _optimizer_tensors(optimizer)
+    alive += [p.grad for p in params if p.grad is not None]
+    alive += [v for v in batch.values() if isinstance(v, torch.Tensor)]
+    return _unique_bytes(alive)
+
+
+def _device_name(device: torch.device) -> str:
+    """The report's device name: cpu, or cuda:<index> (the current device for a bare cuda device)."""
+    if device.type != "cuda":
+        return "cpu"
+    return f"cuda:{device.index if device.index is not None else torch.cuda.current_device()}"
+
+
 def _model_device(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.device:
     for t in model.parameters():
         return t.device
@@ -269,17 +291,9 @@ def measure_step(
     # accumulates in place, and everything that rises above the step's starting level is activation memory.
     optimizer.zero_grad(set_to_none=False)
 
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        prof = None
-        base_bytes = torch.cuda.memory_allocated(device)
-    else:
-        # Everything we know to be alive at the step start, as CUDA's absolute counter would see it.
-        alive = params + list(model.buffers()) + _optimizer_tensors(optimizer)
-        alive += [p.grad for p in params if p.grad is not None]
-        alive += [v for v in batch.values() if isinstance(v, torch.Tensor)]
-        base_bytes = _unique_bytes(alive)
+    base_bytes = _start_bytes(model, batch, optimizer, params, device)
+    prof = None
+    if device.type == "cpu":
         prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True)
 
     counter = _SavedTensorCounter(exclude=param_keys)
@@ -310,20 +324,16 @@ def measure_step(
         act_rise, rise = _profiled_rise(prof)
         how, peak = "cpu-profiler", base_bytes + rise
 
-    param_bytes = _unique_bytes(params)
-    optimizer_bytes = _unique_bytes(_optimizer_tensors(optimizer))
     report = MemoryReport(
-        device=f"cuda:{device.index if device.index is not None else torch.cuda.current_device()}"
-        if device.type == "cuda"
-        else "cpu",
+        device=_device_name(device),
         how=how,
         stored_activation_bytes=stored,
         peak_bytes=peak,
         peak_activation_bytes=max(0, int(act_rise)),
-        param_bytes=param_bytes,
+        param_bytes=_unique_bytes(params),
         trainable_param_bytes=_unique_bytes(trainable),
         grad_bytes=grad_bytes,
-        optimizer_bytes=optimizer_bytes,
+        optimizer_bytes=_unique_bytes(_optimizer_tensors(optimizer)),
         step_seconds=step_seconds,
         batch_shape=_batch_shape(batch),
     )

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 import mefts_core.training.trainer as train_mod
-from mefts_core.training.callbacks import Callback
 from mefts_core.config import TrainConfig
 from mefts_core.errors import ConfigError
+from mefts_core.training.callbacks import Callback
 from mefts_core.training.trainer import run_training
 
 TINY = dict(backbone="tiny-bert", method="full", task="sst2", epochs=1, max_train_samples=32, max_eval_samples=32,
