@@ -74,7 +74,7 @@ def create_app(
     for router in (runs.router, sweeps.router, results.router, system.router, estimate.router, bench.router):
         app.include_router(router, prefix="/api")
 
-    @app.get("/static/plotly.min.js", include_in_schema=False)
+    @app.get("/static/plotly.min.js", include_in_schema=False, response_model=None, response_class=FileResponse)
     def plotly_js() -> FileResponse:
         path = plotly_js_path()
         if path is None:

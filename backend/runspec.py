@@ -1,28 +1,28 @@
 """From a submitted run to a validated TrainConfig dict and the run's table columns.
 
-The rules are mefts_core's: `method_options()` for method options, `validate_backbone()`, the task catalog, and
-`TrainConfig` (its __post_init__ and from_dict) for everything else. Every failure is a `SpecError` that names the
-field (as a request location) and the value, and the routes turn it into a 422 before anything is stored.
+The rules are mefts_core's: `TrainConfig` validates everything once, and its `ConfigError.loc` names the field,
+which becomes the request location of a 422 (`SpecError`) before anything is stored. Nothing here parses message
+text.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from fastapi import HTTPException, status
+
 from backend.security import PATH_TASK_OPTIONS, PathNotAllowed, backbone_is_path, confine_path
-from mefts_core.backbones import BACKBONES, validate_backbone
-from mefts_core.config import METHODS, method_options
-from mefts_core.tasks import task_catalog, validate_task_options
-from mefts_core.training.trainer import TrainConfig
+from backend.settings import Settings
+from mefts_core.backbones import BACKBONES
+from mefts_core.config import WHAT, TrainConfig
+from mefts_core.errors import MISSING, ConfigError
+from mefts_core.methods import method_label
 
 # Fields of a run request that are not TrainConfig hyperparameters.
 TOP_LEVEL = ("backbone", "method", "task", "method_options", "task_options", "seed", "device", "timeout_s")
-DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 # Config values stored in 32-bit integer columns (PostgreSQL INTEGER; SQLite's are 64-bit).
 INT32_MAX = 2**31 - 1
 INT_COLUMNS = ("seed", "batch_size", "max_seq_len", "epochs")
@@ -34,8 +34,16 @@ class SpecError(ValueError):
     def __init__(self, loc: tuple[str | int, ...], value: Any, msg: str) -> None:
         super().__init__(msg)
         self.loc = loc
-        self.value = value
+        self.value = None if value is MISSING else value
         self.msg = msg
+
+    @classmethod
+    def of(cls, e: ConfigError) -> SpecError:
+        """A ConfigError at its request location: what runs and seed/device at the top, the rest under
+        hyperparameters."""
+        top = e.loc[0] if e.loc else None
+        loc = e.loc if top in TOP_LEVEL or top in WHAT else ("hyperparameters", *e.loc)
+        return cls(loc, e.value, str(e))
 
     def detail(self) -> dict[str, Any]:
         return {"type": "value_error", "loc": ["body", *self.loc], "msg": self.msg, "input": _jsonable(self.value)}
@@ -51,42 +59,6 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, dict):
         return {str(k): _jsonable(v) for k, v in value.items()}
     return repr(value)
-
-
-def _field_of(message: str) -> str | None:
-    """The field a mefts_core ValueError names: its messages start with `name=value: why`."""
-    m = re.match(r"^`?([A-Za-z_][\w.]*)`?\s*=", message)
-    return m.group(1) if m else None
-
-
-def method_label(method: str, options: dict[str, Any]) -> str:
-    """`method`, its options that differ from the defaults, and "+gc": e.g. "lora(r=16)+gc"."""
-    chosen = method_options(method, **options)
-    default = method_options(method)
-    diff = {
-        f.name: getattr(chosen, f.name)
-        for f in dataclasses.fields(chosen)
-        if f.name != "variant" and getattr(chosen, f.name) != getattr(default, f.name)
-    }
-    gc = bool(diff.pop("gradient_checkpointing", False))
-    label = method
-    if diff:
-        label += "(" + ",".join(f"{k}={v}" for k, v in sorted(diff.items())) + ")"
-    return label + ("+gc" if gc else "")
-
-
-def _checked_task_options(task: str, options: dict[str, Any]) -> dict[str, Any]:
-    try:
-        return validate_task_options(task, options)
-    except ValueError as e:
-        msg = str(e)
-        m = re.match(r"^task_options\[['\"]?(\w+)['\"]?\]", msg)
-        field = m.group(1) if m else _field_of(msg)
-        if field in options:
-            raise SpecError(("task_options", field), options[field], msg) from e
-        if field == "task_options":
-            raise SpecError(("task_options",), options, msg) from e
-        raise SpecError(("task",), task, msg) from e
 
 
 def build_config(
@@ -106,65 +78,23 @@ def build_config(
 
     With `allowed_roots`, a backbone given as a local folder and the task's file options must lie inside them
     (after resolving `..` and symlinks); they are stored as those real paths. `timeout_s` is stored as is."""
-    method_opts = dict(method_opts or {})
     task_opts = dict(task_opts or {})
     hp = dict(hyperparameters or {})  # explicitly set values only (nulls included); TrainConfig fills the rest
     if allowed_roots is not None:
         backbone, task_opts = confine_run_paths(backbone, task_opts, allowed_roots)
-
-    if method not in METHODS:
-        raise SpecError(("method",), method, f"method={method!r}: unknown method; valid: {', '.join(METHODS)}")
-    try:
-        validate_backbone(backbone)
-    except ValueError as e:
-        raise SpecError(("backbone",), backbone, str(e)) from e
-    names = [t["name"] for t in task_catalog()]
-    if task not in names:
-        raise SpecError(("task",), task, f"task={task!r}: unknown task; valid: {', '.join(names)}")
-    try:
-        opts = method_options(method, **method_opts)
-    except ValueError as e:
-        field = _field_of(str(e))
-        value = method_opts.get(field) if field in method_opts else method_opts
-        raise SpecError(("method_options", field) if field else ("method_options",), value, str(e)) from e
-    task_opts = _checked_task_options(task, task_opts)
-    if device is not None and not DEVICE_RE.match(device):
-        raise SpecError(("device",), device, f"device={device!r}: must be auto, cpu, cuda or cuda:N")
     for key in hp:
-        if key in TOP_LEVEL or key == "method_options":
+        if key in TOP_LEVEL:
             raise SpecError(("hyperparameters", key), hp[key], f"{key}={hp[key]!r}: set it at the top level of the run")
-
-    normal_opts = {f.name: getattr(opts, f.name) for f in dataclasses.fields(opts) if f.name != "variant"}
-    raw: dict[str, Any] = {
-        "backbone": backbone, "method": method, "task": task, "method_options": normal_opts,
-        "task_options": task_opts, **hp,
-    }
+    raw: dict[str, Any] = {"backbone": backbone, "method": method, "task": task,
+                           "method_options": dict(method_opts or {}), "task_options": task_opts, **hp}
     if seed is not None:
         raw["seed"] = seed
     if device is not None:
         raw["device"] = device
-
     try:
-        cfg = TrainConfig.from_dict(raw)
-    except (ValueError, TypeError) as e:
-        msg = str(e)
-        field = _field_of(msg)
-        if field is None:
-            m = re.search(r"unknown (?:key|keys|field|fields)[^\w]*['\"]?(\w+)", msg)
-            field = m.group(1) if m else None
-        if field in TOP_LEVEL or field == "method_options":
-            loc: tuple[str, ...] = (field,)
-            value = raw.get(field)
-        elif field in method_opts:
-            loc, value = ("method_options", field), method_opts[field]
-        elif field in task_opts:
-            loc, value = ("task_options", field), task_opts[field]
-        elif field:
-            loc, value = ("hyperparameters", field), hp.get(field)
-        else:
-            loc, value = (), raw
-        raise SpecError(loc, value, msg) from e
-    out = cfg.to_dict()
+        out = TrainConfig.from_dict(raw).to_dict()
+    except ConfigError as e:
+        raise SpecError.of(e) from e
     _check_int_columns(out, hp)
     if timeout_s is not None:
         out["timeout_s"] = float(timeout_s)
@@ -220,3 +150,41 @@ def run_columns(config: dict[str, Any], *, name: str | None = None, priority: in
         "max_attempts": max_attempts,
         "cloned_from": cloned_from,
     }
+
+
+# ------------------------------------------------------------------------------------------ for the routes
+def spec_error(err: SpecError) -> HTTPException:
+    """The 422 a bad run request answers: FastAPI's validation-error shape, naming the field and the value."""
+    return HTTPException(status_code=status.HTTP_422_UNPROCESSABLE_CONTENT, detail=[err.detail()])
+
+
+def validated_columns(
+    *,
+    backbone: str,
+    method: str,
+    task: str,
+    method_options: dict[str, Any] | None,
+    task_options: dict[str, Any] | None,
+    hyperparameters: dict[str, Any] | None,
+    seed: int | None,
+    device: str | None,
+    name: str | None,
+    priority: int,
+    max_attempts: int | None,
+    settings: Settings,
+    cloned_from: int | None = None,
+    timeout_s: float | None = None,
+) -> dict[str, Any]:
+    """Validate a run and return its table columns; raises a 422 HTTPException naming the field and value."""
+    try:
+        config = build_config(
+            backbone=backbone, method=method, task=task, method_opts=method_options, task_opts=task_options,
+            hyperparameters=hyperparameters, seed=seed, device=device,
+            allowed_roots=settings.allowed_root_paths, timeout_s=timeout_s,
+        )
+    except SpecError as e:
+        raise spec_error(e) from e
+    return run_columns(
+        config, name=name, priority=priority, max_attempts=max_attempts or settings.max_attempts,
+        cloned_from=cloned_from,
+    )

@@ -269,3 +269,113 @@ class Health(BaseModel):
     status: str
     database: str
     version: str
+
+
+class BackboneInfo(BaseModel):
+    """A backbone of mefts_core.backbones.backbone_catalog()."""
+
+    model_config = ConfigDict(extra="allow")  # a field the catalog gains later passes through
+
+    name: str
+    family: str
+    real_weights: bool
+    decoder: bool
+    description: str
+
+
+class OptionInfo(BaseModel):
+    """A method option (mefts_core.config.method_catalog()) or a TrainConfig hyperparameter, with its default."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str
+    default: Any = None
+    type: str
+    help: str | None = None
+
+
+class TaskInfo(BaseModel):
+    """A task of mefts_core.tasks.task_catalog(): num_labels for classification, num_choices for multiple choice."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str
+    kind: str
+    problem: str
+    metrics: list[str]
+    main_metric: str
+    offline_data: bool
+    description: str
+    num_labels: int | None = None
+    num_choices: int | None = None
+
+
+class Catalog(BaseModel):
+    """What can be submitted (GET /api/catalog; the dashboard builds its forms from it)."""
+
+    backbones: list[BackboneInfo]
+    methods: dict[str, list[OptionInfo]] = Field(description="each method's options")
+    tasks: list[TaskInfo]
+    hyperparameters: list[OptionInfo]
+    devices: list[str]
+    statuses: list[str]
+    sortable: list[str] = Field(description="the columns GET /api/runs sorts by")
+    max_grid: int = Field(description="the most runs one sweep may have")
+
+
+class Estimate(BaseModel):
+    """The analytic memory estimate of one training step (mefts_core.measure.estimate), in bytes."""
+
+    backbone: str
+    method: str
+    method_label: str
+    batch_size: int
+    seq_len: int
+    dtype: str
+    device: str = Field(description="cpu or cuda: the device kind the estimate is for")
+    param_bytes: int | None = None
+    buffer_bytes: int | None = None
+    batch_bytes: int | None = None
+    grad_bytes: int | None = None
+    optimizer_bytes: int | None = None
+    stored_activation_bytes: int | None = None
+    optimizer_step_bytes: int | None = None
+    peak_bytes: int | None = None
+    trainable_params: int | None = None
+    total_params: int | None = None
+    peak_activation_bytes: int
+    budget_bytes: int | None
+    fits: bool | None = Field(description="whether peak_bytes <= budget_bytes; null without a budget")
+
+
+class ResultsTable(BaseModel):
+    """GET /api/results: one row per method × backbone × task (backend.tables.results_table), keyed by `columns`."""
+
+    columns: list[str]
+    rows: list[dict[str, Any]]
+
+
+class BenchRowOut(BaseModel):
+    """A stored `mefts bench` row: its main columns, and in `row` all of it as imported."""
+
+    id: int
+    backbone: str
+    method: str = Field(description="a method label, e.g. meft1-exact")
+    options: dict[str, Any] | None
+    layers: int | None
+    seq_len: int | None
+    batch_size: int | None
+    dtype: str | None
+    device: str | None
+    status: str | None
+    stored_activation_bytes: int | None
+    peak_bytes: int | None
+    peak_activation_bytes: int | None
+    step_seconds: float | None
+    created_at: str | None
+    row: dict[str, Any] | None
+
+
+class BenchList(BaseModel):
+    total: int
+    rows: list[BenchRowOut]

@@ -11,7 +11,7 @@ import datetime as dt
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import Select, and_, asc, delete, desc, func, or_, select, update
+from sqlalchemy import Select, and_, asc, delete, desc, func, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from db.models import (
@@ -202,6 +202,22 @@ def queued_runs(*, session: Session, limit: int = 100) -> list[Run]:
             select(Run).where(Run.status == RunStatus.queued).order_by(Run.priority.desc(), Run.id).limit(limit)
         )
     )
+
+
+def ping(*, session: Session) -> None:
+    """A round trip to the database (GET /api/health); raises if it cannot be reached."""
+    session.execute(text("SELECT 1"))
+
+
+def runs_changed_since(
+    *, session: Session, since: dt.datetime, run_ids: Sequence[int] | None = None, limit: int = 500
+) -> list[Run]:
+    """Runs whose updated_at is after `since` (optionally only `run_ids`), oldest change first: the event stream's
+    poll, served by the index on updated_at."""
+    stmt = select(Run).where(Run.updated_at > since).order_by(Run.updated_at).limit(limit)
+    if run_ids:
+        stmt = stmt.where(Run.id.in_(run_ids))
+    return list(session.scalars(stmt))
 
 
 # ---------------------------------------------------------------------------------------------------- the queue

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 
 from backend.deps import SessionDep
+from backend.schemas import BenchList
 from db.bench import list_bench_rows
 from db.models import BenchRow
 
@@ -23,7 +24,7 @@ def bench_row_out(r: BenchRow) -> dict[str, Any]:
     return out
 
 
-@router.get("")
+@router.get("", response_model=BenchList)
 def list_bench(
     session: SessionDep,
     backbone: Annotated[str | None, Query(max_length=500)] = None,

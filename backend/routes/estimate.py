@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 
 from backend import runspec
 from backend.deps import SettingsDep
-from backend.routes.runs import spec_error
-from backend.schemas import RunCreate
+from backend.schemas import Estimate, RunCreate
 
 router = APIRouter(tags=["estimate"])
 
+# estimate_memory's ValueErrors start with `name=value: why` (they are not ConfigErrors with a loc).
+FIELD_RE = re.compile(r"^`?([A-Za-z_][\w.]*)`?\s*=")
 # Parts of the estimator's result returned as they are (bytes unless named otherwise).
 PARTS = ("param_bytes", "buffer_bytes", "batch_bytes", "grad_bytes", "optimizer_bytes", "stored_activation_bytes",
          "optimizer_step_bytes", "peak_bytes", "trainable_params", "total_params")
@@ -37,11 +39,13 @@ def _error_loc(msg: str) -> tuple[str, ...]:
         return ("device",)
     if "model_type" in msg:
         return ("backbone",)
-    field = runspec._field_of(msg)
+    m = FIELD_RE.match(msg)
+    field = m.group(1) if m else None
     return ("method_options", field) if field else ("method",)
 
 
-@router.post("/estimate")
+# Unset parts stay out of the answer, as the estimator left them out.
+@router.post("/estimate", response_model=Estimate, response_model_exclude_unset=True)
 def estimate(
     body: RunCreate,
     settings: SettingsDep,
@@ -60,7 +64,7 @@ def estimate(
             seed=body.seed, device=body.device, allowed_roots=settings.allowed_root_paths, timeout_s=body.timeout_s,
         )
     except runspec.SpecError as e:
-        raise spec_error(e) from e
+        raise runspec.spec_error(e) from e
     from mefts_core.measure.estimate import estimate_memory
 
     device = _device(config.get("device"))
@@ -75,7 +79,7 @@ def estimate(
         loc = _error_loc(msg)
         value = {"backbone": config["backbone"], "method": config["method"], "device": config.get("device")}.get(
             loc[-1], options.get(loc[-1], config.get("bf16")))
-        raise spec_error(runspec.SpecError(loc, value, msg)) from e
+        raise runspec.spec_error(runspec.SpecError(loc, value, msg)) from e
     out: dict[str, Any] = {
         "backbone": config["backbone"], "method": config["method"],
         "method_label": runspec.method_label(config["method"], body.method_options or {}),

@@ -9,9 +9,8 @@ from fastapi.responses import Response
 from sqlalchemy.orm import Session
 
 from backend import tables
-from backend.deps import SessionDep
-from backend.routes.runs import FiltersDep, _split
-from backend.schemas import INT32_MAX, INT32_MIN
+from backend.deps import FiltersDep, SessionDep, split_values
+from backend.schemas import INT32_MAX, INT32_MIN, ResultsTable
 from db import crud
 from db.models import RunStatus
 
@@ -58,14 +57,17 @@ class ResultFilters:
         select: Annotated[str, Query(pattern="^(best|all)$",
                                      description="best: the best config (by dev score) per method; all: every config")] = "best",
     ) -> None:
-        self.kwargs = dict(task=_split(task), backbone=_split(backbone), method=_split(method), sweep_id=sweep,
-                           select=select)
+        self.kwargs = dict(task=split_values(task), backbone=split_values(backbone), method=split_values(method),
+                           sweep_id=sweep, select=select)
 
 
 ResultFiltersDep = Annotated[ResultFilters, Depends(ResultFilters)]
 
+# The exports' answer as the OpenAPI document states it: the media type depends on the format in the path.
+DOWNLOAD = {200: {"description": "the table as a file", "content": {t: {} for t in tables.MEDIA_TYPES.values()}}}
 
-@router.get("/results")
+
+@router.get("/results", response_model=ResultsTable)
 def get_results(session: SessionDep, filters: ResultFiltersDep) -> dict[str, Any]:
     """Method × backbone × task over succeeded runs: mean ± std over seeds of the main metric (test split) and of
     memory (stored activation bytes, peak bytes), n, and savings against full fine-tuning of the same backbone and
@@ -74,7 +76,7 @@ def get_results(session: SessionDep, filters: ResultFiltersDep) -> dict[str, Any
     return {"columns": columns, "rows": rows}
 
 
-@router.get("/results.{fmt}")
+@router.get("/results.{fmt}", response_model=None, response_class=Response, responses=DOWNLOAD)
 def export_results(fmt: str, session: SessionDep, filters: ResultFiltersDep) -> Response:
     """The results table as csv, json, md (Markdown) or tex (LaTeX tabular)."""
     if fmt not in tables.FORMATS:
@@ -83,7 +85,7 @@ def export_results(fmt: str, session: SessionDep, filters: ResultFiltersDep) -> 
     return _download(tables.render(columns, rows, fmt, table="results"), fmt, "results")
 
 
-@router.get("/runs.{fmt}")
+@router.get("/runs.{fmt}", response_model=None, response_class=Response, responses=DOWNLOAD)
 def export_runs(fmt: str, session: SessionDep, filters: FiltersDep) -> Response:
     """Every run that matches the filters, one row each: id, times, duration, status, every config field
     flattened, every final metric, every memory field. CSV and JSON have the same columns."""

@@ -4,67 +4,21 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, status
+from fastapi import APIRouter, HTTPException, Path, Query, Request, status
 from fastapi.responses import PlainTextResponse
 from sqlalchemy.orm import Session
 
 from backend import runspec
-from backend.deps import SessionDep, SettingsDep, wake_worker
-from backend.schemas import (
-    INT32_MAX,
-    INT32_MIN,
-    MetricSeries,
-    RunCreate,
-    RunDetail,
-    RunEdits,
-    RunList,
-    parse_utc,
-)
-from backend.settings import Settings
+from backend.deps import FiltersDep, SessionDep, SettingsDep, wake_worker
+from backend.schemas import INT32_MAX, INT32_MIN, MetricSeries, RunCreate, RunDetail, RunEdits, RunList
 from backend.views import metric_series, run_detail, run_summary
 from db import crud
-from db.models import Run, RunStatus, utcnow
+from db.models import Run, utcnow
 
 router = APIRouter(prefix="/runs", tags=["runs"])
 
 RUN_NOT_FOUND = "Run not found"
 RunId = Annotated[int, Path(ge=INT32_MIN, le=INT32_MAX, description="a run id")]
-
-
-def spec_error(err: runspec.SpecError) -> HTTPException:
-    return HTTPException(status_code=status.HTTP_422_UNPROCESSABLE_CONTENT, detail=[err.detail()])
-
-
-def validated_columns(
-    *,
-    backbone: str,
-    method: str,
-    task: str,
-    method_options: dict[str, Any] | None,
-    task_options: dict[str, Any] | None,
-    hyperparameters: dict[str, Any] | None,
-    seed: int | None,
-    device: str | None,
-    name: str | None,
-    priority: int,
-    max_attempts: int | None,
-    settings: Settings,
-    cloned_from: int | None = None,
-    timeout_s: float | None = None,
-) -> dict[str, Any]:
-    """Validate a run and return its table columns; raises a 422 HTTPException naming the field and value."""
-    try:
-        config = runspec.build_config(
-            backbone=backbone, method=method, task=task, method_opts=method_options, task_opts=task_options,
-            hyperparameters=hyperparameters, seed=seed, device=device,
-            allowed_roots=settings.allowed_root_paths, timeout_s=timeout_s,
-        )
-    except runspec.SpecError as e:
-        raise spec_error(e) from e
-    return runspec.run_columns(
-        config, name=name, priority=priority, max_attempts=max_attempts or settings.max_attempts,
-        cloned_from=cloned_from,
-    )
 
 
 def _detail(session: Session, run: Run) -> RunDetail:
@@ -79,59 +33,10 @@ def _get(session: Session, run_id: int) -> Run:
     return run
 
 
-def _split(values: list[str] | None) -> list[str] | None:
-    """Repeated query parameters and comma-separated lists are both accepted."""
-    if not values:
-        return None
-    out = [v.strip() for item in values for v in item.split(",") if v.strip()]
-    return out or None
-
-
-class RunFilters:
-    """The filters GET /api/runs and the runs exports share."""
-
-    def __init__(
-        self,
-        status: Annotated[list[str] | None, Query(description="status; repeat or comma-separate")] = None,
-        method: Annotated[list[str] | None, Query()] = None,
-        backbone: Annotated[list[str] | None, Query()] = None,
-        task: Annotated[list[str] | None, Query()] = None,
-        sweep_id: Annotated[int | None, Query(alias="sweep", ge=INT32_MIN, le=INT32_MAX)] = None,
-        updated_since: Annotated[str | None, Query(description="ISO time; only runs changed after it")] = None,
-    ) -> None:
-        self.status = _split(status)
-        bad = [v for v in self.status or [] if v not in {s.value for s in RunStatus}]
-        if bad:
-            raise HTTPException(
-                status_code=422,
-                detail=[{"type": "value_error", "loc": ["query", "status"], "input": bad[0],
-                         "msg": f"status={bad[0]!r}: unknown status; valid: {', '.join(s.value for s in RunStatus)}"}],
-            )
-        self.method = _split(method)
-        self.backbone = _split(backbone)
-        self.task = _split(task)
-        self.sweep_id = sweep_id
-        try:
-            self.updated_since = parse_utc(updated_since) if updated_since else None
-        except ValueError as e:
-            raise HTTPException(
-                status_code=422,
-                detail=[{"type": "value_error", "loc": ["query", "updated_since"],
-                         "msg": f"updated_since={updated_since!r}: not an ISO 8601 time", "input": updated_since}],
-            ) from e
-
-    def as_kwargs(self) -> dict[str, Any]:
-        return dict(status=self.status, method=self.method, backbone=self.backbone, task=self.task,
-                    sweep_id=self.sweep_id, updated_since=self.updated_since)
-
-
-FiltersDep = Annotated[RunFilters, Depends(RunFilters)]
-
-
 @router.post("", response_model=RunDetail, status_code=status.HTTP_201_CREATED)
 def create_run(body: RunCreate, session: SessionDep, settings: SettingsDep, request: Request) -> RunDetail:
     """Queue one run. 422 naming the field and the value if anything is invalid; nothing is stored then."""
-    cols = validated_columns(
+    cols = runspec.validated_columns(
         backbone=body.backbone, method=body.method, task=body.task, method_options=body.method_options,
         task_options=body.task_options, hyperparameters=body.hyperparameters.model_dump(exclude_unset=True),
         seed=body.seed, device=body.device, name=body.name, priority=body.priority,
@@ -189,7 +94,7 @@ def get_metrics(
     return MetricSeries(run_id=run_id, attempt=attempt, series=metric_series(points))
 
 
-@router.get("/{run_id}/log", response_class=PlainTextResponse)
+@router.get("/{run_id}/log", response_model=None, response_class=PlainTextResponse)
 def get_log(run_id: RunId, session: SessionDep, settings: SettingsDep) -> str:
     """The job's full log file (stdout and stderr of every attempt); the tail is in the run's detail."""
     run = _get(session, run_id)
@@ -239,7 +144,7 @@ def clone_run(
     method = edits.method or cfg["method"]
     base_opts = cfg.get("method_options") or {} if method == cfg["method"] else {}
     hp = {k: v for k, v in cfg.items() if k not in runspec.TOP_LEVEL}
-    cols = validated_columns(
+    cols = runspec.validated_columns(
         backbone=edits.backbone or cfg["backbone"], method=method, task=edits.task or cfg["task"],
         method_options=_merge(base_opts, edits.method_options),
         task_options=_merge(cfg.get("task_options") or {}, edits.task_options),

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, Path, Query, Request, status
 
 from backend.deps import SessionDep, SettingsDep, wake_worker
-from backend.routes.runs import validated_columns
+from backend.runspec import validated_columns
 from backend.schemas import INT32_MAX, INT32_MIN, SweepCreate, SweepCreated, SweepOut
 from db import crud
 from db.models import Sweep

@@ -12,18 +12,26 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
-from sqlalchemy import select, text
 
 from backend import runspec
 from backend.deps import SessionDep, SettingsDep
-from backend.schemas import INT32_MAX, INT32_MIN, Health, QueuedRunOut, SystemOut, WorkerOut, parse_utc
+from backend.schemas import (
+    INT32_MAX,
+    INT32_MIN,
+    Catalog,
+    Health,
+    QueuedRunOut,
+    SystemOut,
+    WorkerOut,
+    parse_utc,
+)
 from backend.views import run_event
 from backend.worker.executors.local import detect_devices
 from db import crud
 from db.models import Run, RunStatus, utcnow
 from db.session import session_scope
 from mefts_core.backbones import backbone_catalog
-from mefts_core.config import method_catalog
+from mefts_core.methods import method_catalog
 from mefts_core.tasks import task_catalog
 from mefts_core.training.trainer import TrainConfig
 
@@ -36,11 +44,12 @@ _DEVICES: list[dict[str, Any]] | None = None
 @router.get("/health", response_model=Health)
 def health(session: SessionDep) -> Health:
     """Liveness and database reachability."""
-    session.execute(text("SELECT 1"))
+    crud.ping(session=session)
     return Health(status="ok", database="ok", version=VERSION)
 
 
-@router.get("/catalog")
+# Fields an entry does not have stay out of the answer (a task has num_labels or num_choices, not both).
+@router.get("/catalog", response_model=Catalog, response_model_exclude_unset=True)
 def catalog(settings: SettingsDep) -> dict[str, Any]:
     """What can be submitted: backbones, methods with their options, tasks, and the hyperparameters with defaults."""
     hyper: list[dict[str, Any]] = []
@@ -117,11 +126,9 @@ def system(session: SessionDep, settings: SettingsDep) -> SystemOut:
 
 
 def _changed_since(factory, since: dt.datetime, ids: list[int] | None) -> list[tuple[Run, dict[str, Any]]]:
+    # A session of its own: the stream outlives any request-scoped one. The events are built before it closes.
     with session_scope(factory) as s:
-        stmt = select(Run).where(Run.updated_at > since).order_by(Run.updated_at).limit(500)
-        if ids:
-            stmt = stmt.where(Run.id.in_(ids))
-        return [(r, run_event(r)) for r in s.scalars(stmt)]
+        return [(r, run_event(r)) for r in crud.runs_changed_since(session=s, since=since, run_ids=ids, limit=500)]
 
 
 # A row's updated_at is stamped before its transaction commits, so a poll can see a later stamp before an earlier
@@ -129,13 +136,19 @@ def _changed_since(factory, since: dt.datetime, ids: list[int] | None) -> list[t
 LOOKBACK = dt.timedelta(seconds=5)
 
 
-@router.get("/events")
+class EventStream(StreamingResponse):
+    """A server-sent event stream (the media type makes the OpenAPI document say so)."""
+
+    media_type = "text/event-stream"
+
+
+@router.get("/events", response_model=None, response_class=EventStream)
 async def events(
     request: Request,
     settings: SettingsDep,
     since: Annotated[str | None, Query(description="ISO time; default: now (Last-Event-ID is honoured)")] = None,
     run: Annotated[list[int] | None, Query(description="only these run ids")] = None,
-) -> StreamingResponse:
+) -> EventStream:
     """Server-sent events: `event: run` with {id, status, progress, step, epoch, loss, ...} whenever a run changes.
 
     The stream polls the runs table (one indexed query on updated_at per interval) and sends a comment every 15 s
@@ -177,7 +190,7 @@ async def events(
                 last_output = asyncio.get_running_loop().time()
             await asyncio.sleep(interval)
 
-    return StreamingResponse(
+    return EventStream(
         stream(), media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "Connection": "keep-alive"},
     )

@@ -140,3 +140,21 @@ def test_list_runs_filters_sorts_and_counts(factory):
         assert [r.seed for r in runs] == [4, 5, 7, 8, 10]
         total, runs = crud.list_runs(session=s, method=["full", "lora"], sort="seed", descending=True, limit=3)
         assert total == 30 and [r.seed for r in runs] == [29, 28, 27]
+
+
+def test_runs_changed_since_filters_orders_and_limits(factory):
+    """The event stream's poll: strictly after `since`, oldest change first, optionally only some runs."""
+    t0 = utcnow() - dt.timedelta(minutes=1)
+    ids = _add_runs(factory, 4)
+    with session_scope(factory) as s:
+        crud.ping(session=s)
+        for i, rid in enumerate(reversed(ids)):  # the newest run changed first
+            crud.get_run(session=s, run_id=rid).updated_at = t0 + dt.timedelta(seconds=i + 1)
+    with session_scope(factory) as s:
+        def changed(**kw) -> list[int]:
+            return [r.id for r in crud.runs_changed_since(session=s, **kw)]
+
+        assert changed(since=t0) == ids[::-1]
+        assert changed(since=t0 + dt.timedelta(seconds=2)) == [ids[1], ids[0]]
+        assert changed(since=t0, run_ids=[ids[0], ids[3]]) == [ids[3], ids[0]]
+        assert changed(since=t0, limit=1) == [ids[3]]

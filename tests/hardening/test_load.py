@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import importlib.util
-import os
+
+import httpx
 
 from .support import REPO, LoopbackServer
 
@@ -27,7 +28,9 @@ def test_100_concurrent_posts_are_each_stored_exactly_once(tmp_path, monkeypatch
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
             out = pool.submit(asyncio.run, load.post_burst(server.url, 100, timeout=120)).result()
         check = load.check_stored_once(server.db_path, out["results"])
+        # The server demands the token, so the 100 acknowledged POSTs carried it: one without it is refused.
+        anonymous = httpx.post(f"{server.url}/api/runs", json={**load.RUN, "name": "load-anonymous"}, timeout=30)
     assert check["errors"] == [] and check["acknowledged"] == 100, check["errors"][:3]
     assert check["rows"] == 100 and check["lost"] == [] and check["unacknowledged_stored"] == []
     assert check["duplicate_ids"] == 0 and check["duplicate_names"] == 0
-    assert os.environ["MEFTS_API_TOKEN"] == TOKEN
+    assert anonymous.status_code == 401, anonymous.text
