@@ -1,4 +1,4 @@
-"""From a submitted run to a validated TrainConfig dict and the run's table columns.
+"""From a submitted run to a validated TrainConfig and the run's table columns.
 
 The rules are mefts_core's: `TrainConfig` validates everything once, and its `ConfigError.loc` names the field,
 which becomes the request location of a 422 (`SpecError`) before anything is stored. Nothing here parses message
@@ -72,12 +72,11 @@ def build_config(
     seed: int | None,
     device: str | None,
     allowed_roots: Sequence[Path] | None = None,
-    timeout_s: float | None = None,
-) -> dict[str, Any]:
-    """Validate one run and return its TrainConfig as a dict. Raises SpecError naming the field and the value.
+) -> TrainConfig:
+    """Validate one run (once: TrainConfig) and return it. Raises SpecError naming the field and the value.
 
     With `allowed_roots`, a backbone given as a local folder and the task's file options must lie inside them
-    (after resolving `..` and symlinks); they are stored as those real paths. `timeout_s` is stored as is."""
+    (after resolving `..` and symlinks); they are kept as those real paths."""
     task_opts = dict(task_opts or {})
     hp = dict(hyperparameters or {})  # explicitly set values only (nulls included); TrainConfig fills the rest
     if allowed_roots is not None:
@@ -92,13 +91,11 @@ def build_config(
     if device is not None:
         raw["device"] = device
     try:
-        out = TrainConfig.from_dict(raw).to_dict()
+        config = TrainConfig.from_dict(raw)
     except ConfigError as e:
         raise SpecError.of(e) from e
-    _check_int_columns(out, hp)
-    if timeout_s is not None:
-        out["timeout_s"] = float(timeout_s)
-    return out
+    _check_int_columns(config, hp)
+    return config
 
 
 def confine_run_paths(
@@ -120,32 +117,34 @@ def confine_run_paths(
     return backbone, out
 
 
-def _check_int_columns(config: dict[str, Any], hp: dict[str, Any]) -> None:
+def _check_int_columns(config: TrainConfig, hp: dict[str, Any]) -> None:
     for name in INT_COLUMNS:
-        value = config.get(name)
+        value = getattr(config, name)
         if isinstance(value, int) and not -INT32_MAX <= value <= INT32_MAX:
             loc = (name,) if name in TOP_LEVEL else ("hyperparameters", name)
             raise SpecError(loc, value, f"{name}={value!r}: must be at most {INT32_MAX}")
 
 
-def run_columns(config: dict[str, Any], *, name: str | None = None, priority: int = 0,
+def run_columns(config: TrainConfig, *, timeout_s: float | None = None, name: str | None = None, priority: int = 0,
                 max_attempts: int = 3, cloned_from: int | None = None) -> dict[str, Any]:
-    """The Run columns for a validated config."""
-    device = str(config.get("device") or "auto")
+    """The Run columns for a validated config; the stored config is `config.to_dict()` plus the run's timeout_s."""
+    stored = config.to_dict()
+    if timeout_s is not None:
+        stored["timeout_s"] = float(timeout_s)
     return {
-        "config": config,
+        "config": stored,
         "name": name,
-        "backbone": config["backbone"],
-        "method": config["method"],
-        "method_label": method_label(config["method"], config.get("method_options") or {}),
-        "task": config["task"],
-        "seed": int(config.get("seed", 42)),
-        "device": device,
-        "needs_gpu": device.startswith("cuda"),
-        "learning_rate": config.get("learning_rate"),
-        "batch_size": config.get("batch_size", 16),
-        "max_seq_len": config.get("max_seq_len", 128),
-        "epochs": config.get("epochs", 5),
+        "backbone": config.backbone,
+        "method": config.method,
+        "method_label": method_label(config.method, config.method_options),
+        "task": config.task,
+        "seed": config.seed,
+        "device": config.device,
+        "needs_gpu": config.device.startswith("cuda"),
+        "learning_rate": config.learning_rate,
+        "batch_size": config.batch_size,
+        "max_seq_len": config.max_seq_len,
+        "epochs": config.epochs,
         "priority": priority,
         "max_attempts": max_attempts,
         "cloned_from": cloned_from,
@@ -179,12 +178,9 @@ def validated_columns(
     try:
         config = build_config(
             backbone=backbone, method=method, task=task, method_opts=method_options, task_opts=task_options,
-            hyperparameters=hyperparameters, seed=seed, device=device,
-            allowed_roots=settings.allowed_root_paths, timeout_s=timeout_s,
+            hyperparameters=hyperparameters, seed=seed, device=device, allowed_roots=settings.allowed_root_paths,
         )
     except SpecError as e:
         raise spec_error(e) from e
-    return run_columns(
-        config, name=name, priority=priority, max_attempts=max_attempts or settings.max_attempts,
-        cloned_from=cloned_from,
-    )
+    return run_columns(config, timeout_s=timeout_s, name=name, priority=priority,
+                       max_attempts=max_attempts or settings.max_attempts, cloned_from=cloned_from)

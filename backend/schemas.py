@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import typing
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, create_model
+
+from mefts_core.config import TrainConfig, field_default, hyperparameter_fields
 
 
 def iso_utc(value: dt.datetime | None) -> str | None:
@@ -38,25 +41,24 @@ TimeoutSeconds = Annotated[float, Field(gt=0, le=30 * 86400, description="wall-c
                                         "'timed out after N s' (default: MEFTS_RUN_TIMEOUT_SECONDS, none)")]
 
 
-class Hyperparameters(BaseModel):
-    """TrainConfig fields other than backbone/method/task/seed/device. Unset fields take TrainConfig's defaults;
-    fields not listed here are passed on to TrainConfig, which rejects unknown ones."""
+def _hyperparameters_model() -> type[BaseModel]:
+    """The request's `hyperparameters`: TrainConfig's hyperparameter fields (not restated here), each optional, with
+    TrainConfig's help text. Seed and device are set at the top level of a request."""
+    hints = typing.get_type_hints(TrainConfig)
+    fields: dict[str, Any] = {}
+    for f in hyperparameter_fields():
+        if f.name in ("seed", "device"):
+            continue
+        default = field_default(f)
+        help_text = f.metadata.get("help", "") + ("" if default is None else f" (default: {default})")
+        fields[f.name] = (hints[f.name] | None, Field(default=None, description=help_text))
+    return create_model(
+        "Hyperparameters", __config__=ConfigDict(extra="allow"), __doc__=(
+            "TrainConfig's hyperparameters. Unset fields take TrainConfig's defaults; fields not listed here are "
+            "passed on to TrainConfig, which rejects unknown ones naming them."), **fields)
 
-    model_config = ConfigDict(extra="allow")
 
-    learning_rate: float | None = Field(default=None, description="default: the method's usual rate")
-    batch_size: int | None = None
-    epochs: int | None = None
-    max_seq_len: int | None = None
-    warmup_ratio: float | None = None
-    weight_decay: float | None = None
-    grad_clip: float | None = None
-    patience: int | None = None
-    bf16: bool | None = None
-    threads: int | None = Field(default=None, description="default: the worker's cores per slot")
-    max_train_samples: int | None = None
-    max_eval_samples: int | None = None
-    measure_memory: bool | None = None
+Hyperparameters = _hyperparameters_model()
 
 
 class RunCreate(BaseModel):
@@ -308,6 +310,19 @@ class TaskInfo(BaseModel):
     description: str
     num_labels: int | None = None
     num_choices: int | None = None
+
+
+class LabelRequest(BaseModel):
+    """A method and its options, to be named as the run tables name it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    method: str = Field(examples=["lora"])
+    method_options: dict[str, Any] = Field(default_factory=dict, examples=[{"r": 16, "gradient_checkpointing": True}])
+
+
+class LabelOut(BaseModel):
+    method_label: str = Field(examples=["lora(r=16)+gc"])
 
 
 class Catalog(BaseModel):

@@ -46,3 +46,7 @@ def is_int(v: Any) -> bool:
 
 def is_number(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+class Unsupported(ConfigError, NotImplementedError):
+    """A valid field value that a component cannot handle (e.g. the estimator and a family without a layer walk)."""

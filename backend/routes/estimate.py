@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
@@ -10,11 +9,12 @@ from fastapi import APIRouter, Query
 from backend import runspec
 from backend.deps import SettingsDep
 from backend.schemas import Estimate, RunCreate
+from mefts_core.config import TrainConfig
+from mefts_core.errors import ConfigError
+from mefts_core.methods import method_label
 
 router = APIRouter(tags=["estimate"])
 
-# estimate_memory's ValueErrors start with `name=value: why` (they are not ConfigErrors with a loc).
-FIELD_RE = re.compile(r"^`?([A-Za-z_][\w.]*)`?\s*=")
 # Parts of the estimator's result returned as they are (bytes unless named otherwise).
 PARTS = ("param_bytes", "buffer_bytes", "batch_bytes", "grad_bytes", "optimizer_bytes", "stored_activation_bytes",
          "optimizer_step_bytes", "peak_bytes", "trainable_params", "total_params")
@@ -32,16 +32,16 @@ def _device(config_device: str | None) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _error_loc(msg: str) -> tuple[str, ...]:
-    if msg.startswith("dtype="):
-        return ("hyperparameters", "bf16")
-    if msg.startswith("device="):
-        return ("device",)
-    if "model_type" in msg:
-        return ("backbone",)
-    m = FIELD_RE.match(msg)
-    field = m.group(1) if m else None
-    return ("method_options", field) if field else ("method",)
+# The estimator's own arguments that a run request sets under another name.
+_REQUEST_LOC = {"dtype": ("hyperparameters", "bf16"), "model_type": ("backbone",), "options": ("method_options",)}
+
+
+def _request_error(e: ConfigError, config: TrainConfig) -> runspec.SpecError:
+    """An estimator error at the run request's location (its loc, renamed where the request calls it otherwise)."""
+    head, *rest = e.loc
+    loc = (*_REQUEST_LOC.get(str(head), (head,)), *rest)
+    value = {"dtype": config.bf16, "model_type": config.backbone}.get(str(head), e.value)
+    return runspec.SpecError(loc, value, str(e))
 
 
 # Unset parts stay out of the answer, as the estimator left them out.
@@ -61,29 +61,23 @@ def estimate(
         config = runspec.build_config(
             backbone=body.backbone, method=body.method, task=body.task, method_opts=body.method_options,
             task_opts=body.task_options, hyperparameters=body.hyperparameters.model_dump(exclude_unset=True),
-            seed=body.seed, device=body.device, allowed_roots=settings.allowed_root_paths, timeout_s=body.timeout_s,
+            seed=body.seed, device=body.device, allowed_roots=settings.allowed_root_paths,
         )
     except runspec.SpecError as e:
         raise runspec.spec_error(e) from e
     from mefts_core.measure.estimate import estimate_memory
 
-    device = _device(config.get("device"))
-    dtype = "bfloat16" if config.get("bf16") else "float32"
-    batch_size, seq_len = int(config["batch_size"]), int(config["max_seq_len"])
-    options = dict(config.get("method_options") or {})
+    device = _device(config.device)
+    dtype = "bfloat16" if config.bf16 else "float32"
     try:
-        est = estimate_memory(config["backbone"], config["method"], batch_size, seq_len, options=options,
-                              dtype=dtype, device=device)
-    except (ValueError, NotImplementedError) as e:
-        msg = str(e)
-        loc = _error_loc(msg)
-        value = {"backbone": config["backbone"], "method": config["method"], "device": config.get("device")}.get(
-            loc[-1], options.get(loc[-1], config.get("bf16")))
-        raise runspec.spec_error(runspec.SpecError(loc, value, msg)) from e
+        est = estimate_memory(config.backbone, config.method, config.batch_size, config.max_seq_len,
+                              options=config.method_options, dtype=dtype, device=device)
+    except ConfigError as e:
+        raise runspec.spec_error(_request_error(e, config)) from e
     out: dict[str, Any] = {
-        "backbone": config["backbone"], "method": config["method"],
-        "method_label": runspec.method_label(config["method"], body.method_options or {}),
-        "batch_size": batch_size, "seq_len": seq_len, "dtype": dtype, "device": device,
+        "backbone": config.backbone, "method": config.method,
+        "method_label": method_label(config.method, config.method_options),
+        "batch_size": config.batch_size, "seq_len": config.max_seq_len, "dtype": dtype, "device": device,
         **{k: int(est[k]) for k in PARTS if est.get(k) is not None},
         "peak_activation_bytes": int(est["activation_bytes"]),
         "budget_bytes": budget_bytes,

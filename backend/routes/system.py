@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import datetime as dt
 import json
 from collections.abc import AsyncIterator
@@ -20,6 +19,8 @@ from backend.schemas import (
     INT32_MIN,
     Catalog,
     Health,
+    LabelOut,
+    LabelRequest,
     QueuedRunOut,
     SystemOut,
     WorkerOut,
@@ -31,9 +32,10 @@ from db import crud
 from db.models import Run, RunStatus, utcnow
 from db.session import session_scope
 from mefts_core.backbones import backbone_catalog
-from mefts_core.methods import method_catalog
+from mefts_core.config import field_default, hyperparameter_fields
+from mefts_core.errors import ConfigError
+from mefts_core.methods import method_catalog, method_label
 from mefts_core.tasks import task_catalog
-from mefts_core.training.trainer import TrainConfig
 
 router = APIRouter(tags=["system"])
 
@@ -52,12 +54,8 @@ def health(session: SessionDep) -> Health:
 @router.get("/catalog", response_model=Catalog, response_model_exclude_unset=True)
 def catalog(settings: SettingsDep) -> dict[str, Any]:
     """What can be submitted: backbones, methods with their options, tasks, and the hyperparameters with defaults."""
-    hyper: list[dict[str, Any]] = []
-    for f in dataclasses.fields(TrainConfig):
-        if f.name in runspec.TOP_LEVEL or f.name in ("backbone", "method", "task"):
-            continue
-        default = f.default if f.default is not dataclasses.MISSING else None
-        hyper.append({"name": f.name, "default": default, "type": str(f.type)})
+    hyper = [{"name": f.name, "default": field_default(f), "type": str(f.type), "help": f.metadata.get("help", "")}
+             for f in hyperparameter_fields() if f.name not in runspec.TOP_LEVEL]
     return {
         "backbones": backbone_catalog(),
         "methods": method_catalog(),
@@ -68,6 +66,17 @@ def catalog(settings: SettingsDep) -> dict[str, Any]:
         "sortable": list(crud.SORTABLE_RUN_COLUMNS),
         "max_grid": settings.max_grid,
     }
+
+
+@router.post("/catalog/label", response_model=LabelOut)
+def label(body: LabelRequest) -> LabelOut:
+    """The label run tables give a method with these options (mefts_core.methods.method_label), e.g.
+    lora(r=16)+gc: the dashboard matches runs by it. 422 naming the option when the options are invalid."""
+    try:
+        return LabelOut(method_label=method_label(body.method, body.method_options))
+    except ConfigError as e:
+        err = runspec.SpecError.of(e if e.loc == ("method",) else e.within("method_options"))
+        raise runspec.spec_error(err) from e
 
 
 def _devices() -> list[dict[str, Any]]:

@@ -215,7 +215,8 @@ def main(argv: list[str] | None = None) -> int:
                         getattr(run, "status", None), getattr(run, "attempts", None))
             return 0
         config_dict = dict(run.config)
-    from mefts_core.training.trainer import TrainConfig, run_training, versions
+    from mefts_core.config import TrainConfig
+    from mefts_core.training.trainer import run_training, versions
 
     with session_scope(factory) as s:
         crud.set_run_info(session=s, run_id=run_id, attempt=attempt, values={

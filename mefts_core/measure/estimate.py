@@ -12,11 +12,12 @@ the largest trainable tensor; CUDA foreach: one copy of all trainable parameters
 cuBLAS workspaces, one per thread that runs matrix products (the caller's for forward, autograd's device thread for
 backward): CUDA_RUNTIME_BYTES, read off an H100 with torch 2.11 (32 MiB each on Hopper, plus 3 MiB). Every term is
 a tensor that exists; none is fitted except that constant. Families other than BERT/RoBERTa raise
-NotImplementedError until their layer walk is written.
+Unsupported (a NotImplementedError) until their layer walk is written.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import math
@@ -25,6 +26,7 @@ from typing import Any
 
 import torch
 
+from mefts_core.errors import ConfigError, Unsupported, require
 from mefts_core.measure.activations import Shape, activation_bytes
 
 _ELEMENT = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -73,24 +75,25 @@ def _prepared(backbone: str, method: str, layers: int | None, options: dict[str,
     from mefts_core.engine.models import family_for_type
     from mefts_core.methods import method_options, method_spec
 
-    opts = method_options(method, **options)
+    try:
+        opts = method_options(method, **options)
+    except ConfigError as e:
+        raise e if e.loc == ("method",) else e.within("options") from e
     if method_spec(method).estimate is None:
-        raise NotImplementedError(f"method={method!r}: registered without an estimate spec")
-    if dtype not in _ELEMENT:
-        raise ValueError(f"dtype={dtype!r}: must be one of {', '.join(_ELEMENT)}")
-    if device not in ("cpu", "cuda"):
-        raise ValueError(f"device={device!r}: must be cpu or cuda")
+        raise Unsupported("method", method, "registered without an estimate spec")
+    require(dtype in _ELEMENT, "dtype", dtype, f"must be one of {', '.join(_ELEMENT)}")
+    require(device in ("cpu", "cuda"), "device", device, "must be cpu or cuda")
     summary = _model_summary(backbone, method, layers, json.dumps(options, sort_keys=True), dtype)
     cfg = summary["config"]
     family = family_for_type(cfg.model_type)
     shape = family.estimate_shape(cfg) if family is not None else None
     if shape is None:
-        raise NotImplementedError(f"no activation model for model_type={cfg.model_type!r} yet (its family registers "
-                                  "no estimate_shape)")
+        raise Unsupported("model_type", cfg.model_type, "no activation model yet (its family registers no "
+                                                        "estimate_shape)")
     if device == "cpu" and dtype != "float32":
         # measured: CPU's SDPA math path and LayerNorm keep float32 intermediates for bfloat16/float16 inputs
-        raise NotImplementedError(f"dtype={dtype!r} on cpu: reduced-precision CPU kernels keep float32 "
-                                  "intermediates that this estimate does not model (float32 only on cpu)")
+        raise Unsupported("dtype", dtype, "on cpu, reduced-precision kernels keep float32 intermediates that this "
+                                          "estimate does not model (float32 only on cpu)")
     return opts, summary, shape
 
 
@@ -121,7 +124,7 @@ def estimate_memory(backbone: str, method: str, batch_size: int, seq_len: int, l
         method: full, lora, adapter, bitfit, meft1, meft2, meft3 (options as for apply_method).
         batch_size, seq_len: the batch shape; every token is real (no padding).
         layers: depth override (architecture-only backbones), None for the backbone's own.
-        options: method options (validated by mefts_core.config.method_options).
+        options: method options, a dict (validated by the method registry) or the typed options.
         dtype: float32, bfloat16 or float16 weights and activations.
         device: "cpu" or "cuda": sets the dropout-mask size and the default attention kernel.
         attention: "math" (scores materialised; CPU SDPA, eager) or "fused" (CUDA SDPA); default by device.
@@ -134,16 +137,17 @@ def estimate_memory(backbone: str, method: str, batch_size: int, seq_len: int, l
         peak_bytes; and trainable_params, total_params, and `terms` (the named parts of the activation count).
 
     Raises:
-        ValueError: bad method options or dtype. NotImplementedError: a family without a layer walk.
+        ConfigError (a ValueError): a bad argument, its `loc` naming it (method options under "options").
+        Unsupported (a ConfigError and a NotImplementedError): what the estimate does not model (a family without
+        a layer walk, reduced precision on CPU, offload on CUDA).
     """
-    from mefts_core.methods import method_spec
+    from mefts_core.methods import method_spec, options_dict
 
-    options = dict(options or {})
+    options = options_dict(options) if dataclasses.is_dataclass(options) else dict(options or {})
     opts, summary, shape = _prepared(backbone, method, layers, options, dtype, device)
     e = _ELEMENT[dtype]
     attention = attention or ("fused" if device == "cuda" else "math")
-    if attention not in ("math", "fused"):
-        raise ValueError(f"attention={attention!r}: must be math or fused")
+    require(attention in ("math", "fused"), "attention", attention, "must be math or fused")
     B, T = batch_size, seq_len
     s = Shape(n=B * T, B=B, T=T, d=shape["hidden"], I=shape["ffn"], h=shape["heads"],
               A=B * shape["heads"] * T * T, e=e, m=e if device == "cpu" else 1, p_hidden=shape["p_hidden"],
@@ -153,8 +157,12 @@ def estimate_memory(backbone: str, method: str, batch_size: int, seq_len: int, l
     opt_step = 2 * summary["largest_trainable"] if device == "cpu" else summary["trainable_bytes"]
 
     if getattr(opts, "offload_activations", False) and device == "cuda":
-        raise NotImplementedError("offload_activations on cuda: the saved tensors leave the card; not estimated")
-    train = method_spec(method).estimate(opts)
+        raise Unsupported(("options", "offload_activations"), True, "on cuda the saved tensors leave the card; "
+                                                                   "not estimated")
+    try:
+        train = method_spec(method).estimate(opts)
+    except ConfigError as e:
+        raise e.within("options") from e
     terms, stored, act_peak = activation_bytes(s, train, opts, shape, num_labels, summary["trainable_bytes"])
 
     return {

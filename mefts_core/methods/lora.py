@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from mefts_core.errors import ConfigError, is_int, is_number, require
+from mefts_core.errors import ConfigError, Unsupported, is_int, is_number, require
 from mefts_core.methods.peers import PeerOptions
 from mefts_core.methods.registry import LayerTraining, MethodSpec
 
@@ -53,7 +53,7 @@ def estimate_lora(opts: LoraOptions) -> LayerTraining:
     targets = opts.target_modules or ["query", "value"]
     lora = tuple((k, opts.r, opts.dropout) for t in targets for k in _LINEARS.get(t, ""))
     if not lora:
-        raise NotImplementedError(f"target_modules={targets!r}: no LoRA accounting for these names")
+        raise Unsupported("target_modules", targets, "no LoRA accounting for these names")
     return LayerTraining(lora=lora)
 
 

@@ -204,3 +204,30 @@ def test_catalog_system_health_and_plotly(client):
     js = client.get("/static/plotly.min.js")
     assert js.status_code == 200 and len(js.content) > 1_000_000
     assert "/api/runs" in client.get("/openapi.json").json()["paths"]
+
+
+def test_the_catalog_names_a_method_as_the_run_tables_do(client):
+    """The dashboard asks the catalog for a label and finds runs by it: the two must agree, for every flag kind."""
+    cases = [("lora", {"r": 4, "gradient_checkpointing": True}), ("meft1", {"recompute": "float", "chunk_tokens": 0}),
+             ("adapter", {"placement": "houlsby", "ffn_chunk": 128}), ("full", {})]
+    for method, options in cases:
+        run = client.post("/api/runs", json=_body(method=method, method_options=options)).json()
+        r = client.post("/api/catalog/label", json={"method": method, "method_options": options})
+        assert r.status_code == 200 and r.json()["method_label"] == run["method_label"], (r.text, run["method_label"])
+    assert run["method_label"] == "full"
+    bad = client.post("/api/catalog/label", json={"method": "lora", "method_options": {"r": 0}})
+    assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["body", "method_options", "r"]
+    bad = client.post("/api/catalog/label", json={"method": "prefix"})
+    assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["body", "method"]
+
+
+def test_the_hyperparameter_schema_is_trainconfigs(client):
+    """Every TrainConfig hyperparameter (seed and device sit at the top level) is in the API schema, with its help."""
+    from mefts_core.config import hyperparameter_fields
+
+    schema = client.get("/openapi.json").json()["components"]["schemas"]["Hyperparameters"]["properties"]
+    expected = {f.name for f in hyperparameter_fields()} - {"seed", "device"}
+    assert set(schema) == expected and "check_gradients" in schema
+    assert all(schema[name].get("description") for name in expected)
+    catalog = client.get("/api/catalog").json()["hyperparameters"]
+    assert {h["name"] for h in catalog} == expected and all(h["help"] for h in catalog)

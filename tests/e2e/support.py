@@ -18,6 +18,7 @@ from backend import runspec
 from db import crud
 from db.models import RunStatus
 from db.session import make_engine, make_sessionmaker, session_scope, upgrade_database
+from mefts_core.config import TrainConfig
 from tests.serve import REPO, ServeProcess  # noqa: F401 (REPO: re-exported to the browser tests)
 
 CHROMIUM = os.environ.get("MEFTS_CHROMIUM", "/usr/bin/chromium")
@@ -66,7 +67,7 @@ def _config(backbone: str, method: str, task: str, seed: int, **hp: Any) -> dict
 
 def _insert(factory, cfg: dict[str, Any], *, name: str) -> int:
     with session_scope(factory) as s:
-        run = crud.create_run(session=s, fields=runspec.run_columns(cfg, name=name))
+        run = crud.create_run(session=s, fields=runspec.run_columns(TrainConfig.from_dict(cfg), name=name))
         run_id = run.id
     with session_scope(factory) as s:
         claimed = crud.claim_next_run(session=s, worker_id=FAKE_WORKER, host="seed", lease_seconds=3600, slot="cpu:0",
@@ -168,5 +169,5 @@ def seed_many(db_url: str, n: int, *, seed: int = 0) -> int:
             _fail(factory, run_id, RunStatus.cancelled, "cancelled")
     with session_scope(factory) as s:
         for cfg in queued:
-            crud.create_run(session=s, fields=runspec.run_columns(cfg, name="synthetic"))
+            crud.create_run(session=s, fields=runspec.run_columns(TrainConfig.from_dict(cfg), name="synthetic"))
     return n

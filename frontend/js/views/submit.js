@@ -5,11 +5,6 @@ const Submit = (() => {
   const { $, el, state, flash, guard, debounce, navigate } = UI;
 
   const MAIN_HP = ["learning_rate", "batch_size", "epochs", "max_seq_len", "max_train_samples", "max_eval_samples"];
-  const HP_HELP = {
-    learning_rate: "default: 2e-5 for full, 5e-4 for the others", max_train_samples: "default: all",
-    max_eval_samples: "caps dev and test each; default: all", threads: "default: the worker's cores per slot",
-    grad_clip: "max global gradient norm; 0 disables", patience: "epochs without dev improvement before stopping",
-  };
   const mode = () => (document.querySelector('input[name="mode"]:checked') || {}).value || "single";
   const isBool = (t) => /^bool/.test(t);
   const isInt = (t) => /\bint\b/.test(t) && !/float/.test(t);
@@ -211,17 +206,16 @@ const Submit = (() => {
     return page.items;
   }
 
-  /** The label the API gives a method with options (runspec.method_label): method(k=v,...)+gc. */
-  function methodLabel(method, opts) {
-    const diff = { ...opts };
-    const gc = !!diff.gradient_checkpointing;
-    delete diff.gradient_checkpointing;
-    const types = Object.fromEntries((state.catalog.methods[method] || []).map((o) => [o.name, o.type]));
-    const py = (v, t) => (v === null ? "None" : v === true ? "True" : v === false ? "False"
-      : Array.isArray(v) ? `[${v.map((x) => `'${x}'`).join(", ")}]`
-        : typeof v === "number" && isFloat(t) && Number.isInteger(v) ? v.toFixed(1) : String(v));
-    const keys = Object.keys(diff).sort();
-    return method + (keys.length ? `(${keys.map((k) => `${k}=${py(diff[k], types[k])}`).join(",")})` : "") + (gc ? "+gc" : "");
+  /** The label the run tables give a method with options, from the catalog (mefts_core.methods.method_label);
+      null when the options are invalid (the estimate then says why). */
+  const labels = new Map();
+  async function methodLabel(method, opts) {
+    const key = JSON.stringify([method, opts]);
+    if (!labels.has(key)) {
+      labels.set(key, Api.post("/api/catalog/label", { method, method_options: opts })
+        .then((r) => r.method_label, (e) => { if (e instanceof Api.ApiError && e.status === 422) return null; throw e; }));
+    }
+    return labels.get(key);
   }
 
   function firstValue(name) {
@@ -273,10 +267,10 @@ const Submit = (() => {
     if (!combos.length) { box.replaceChildren(el("p", { class: "note" }, "Choose a method and a backbone.")); return; }
     const items = [];
     for (const [backbone, method] of combos) {
-      const label = methodLabel(method, methodOptions(method));
-      const [all, est] = await Promise.all([runsFor(backbone, method), estimateFor(backbone, method, B, T)]);
-      const runs = all.filter((r) => r.method_label === label);
-      items.push(estimateItem(backbone, label, runs, B, T, budget, est));
+      const [label, all, est] = await Promise.all([methodLabel(method, methodOptions(method)),
+        runsFor(backbone, method), estimateFor(backbone, method, B, T)]);
+      const runs = label === null ? [] : all.filter((r) => r.method_label === label);
+      items.push(estimateItem(backbone, label || method, runs, B, T, budget, est));
     }
     if (seq !== preflightSeq) return;
     box.replaceChildren(
@@ -379,9 +373,9 @@ const Submit = (() => {
     const hpInput = (h) => {
       const id = `hp-${h.name}`;
       const label = h.name.replace(/_/g, " ");
-      if (isBool(h.type)) return field(id, label, el("input", { type: "checkbox", id, checked: !!h.default }), HP_HELP[h.name]);
+      if (isBool(h.type)) return field(id, label, el("input", { type: "checkbox", id, checked: !!h.default }), h.help);
       return field(id, label, el("input", { type: "text", id, inputmode: "decimal",
-        placeholder: h.default === null ? "default" : `default: ${h.default}` }), HP_HELP[h.name]);
+        placeholder: h.default === null ? "default" : `default: ${h.default}` }), h.help);
     };
     $("hyper-main").replaceChildren(...c.hyperparameters.filter((h) => MAIN_HP.includes(h.name)).map(hpInput));
     $("hyper-more").replaceChildren(...c.hyperparameters.filter((h) => !MAIN_HP.includes(h.name)).map(hpInput));
