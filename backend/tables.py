@@ -1,13 +1,11 @@
 """The tables behind the exports: every run flattened, and results aggregated over seeds; CSV/JSON/Markdown/LaTeX.
 
 Both tables are built here once, so the API (`GET /api/runs.csv`, `/api/results.tex` ...) and the CLI
-(`mefts export`) write the same columns.
+(`mefts export`) write the same columns. The text of every format comes from mefts_core.measure.tables.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import statistics
@@ -18,6 +16,7 @@ from typing import Any
 from backend.schemas import iso_utc
 from backend.views import duration_seconds
 from db.models import MEMORY_FIELDS, MemoryReportRow, Run, RunStatus
+from mefts_core.measure import tables
 
 Row = dict[str, Any]
 FORMATS = ("csv", "json", "md", "tex")
@@ -192,20 +191,6 @@ def _saving(value: float | None, ref: float | None) -> float | None:
 
 
 # ---------------------------------------------------------------------------------------------------- formats
-def to_csv(columns: Sequence[str], rows: Sequence[Row]) -> str:
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(columns)
-    for r in rows:
-        writer.writerow(["" if r.get(c) is None else (repr(r[c]) if isinstance(r[c], float) else r[c])
-                         for c in columns])
-    return buf.getvalue()
-
-
-def to_json(columns: Sequence[str], rows: Sequence[Row]) -> str:
-    return json.dumps([{c: r.get(c) for c in columns} for r in rows], indent=1)
-
-
 def _pm(mean: float | None, std: float | None, fmt) -> str:
     if mean is None:
         return ""
@@ -228,10 +213,10 @@ def _score(v: float) -> str:
     return f"{100 * v:.1f}" if abs(v) <= 1.0 else f"{v:.3f}"
 
 
-def presentation(columns: Sequence[str], rows: Sequence[Row], *, table: str) -> tuple[list[str], list[list[str]]]:
+def presentation(columns: Sequence[str], rows: Sequence[Row], *, table: str) -> tuple[list[str], list[Any]]:
     """Human-readable cells for Markdown/LaTeX: scores in % (mean ± std), memory in MiB/GiB, savings in %."""
     if table == "runs":
-        return list(columns), [["" if r.get(c) is None else str(r[c]) for c in columns] for r in rows]
+        return list(columns), list(rows)  # raw values: the writer shows None as empty
     head = ["Task", "Backbone", "Method", "n", "Metric", "Score", "Stored act.", "Peak", "Δ score vs full",
             "Act. vs full", "Peak vs full"]
     body = []
@@ -248,38 +233,10 @@ def presentation(columns: Sequence[str], rows: Sequence[Row], *, table: str) -> 
     return head, body
 
 
-def to_markdown(head: Sequence[str], body: Sequence[Sequence[str]]) -> str:
-    esc = lambda s: str(s).replace("|", "\\|").replace("\n", " ")  # noqa: E731
-    lines = ["| " + " | ".join(esc(h) for h in head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join(esc(c) for c in row) + " |" for row in body]
-    return "\n".join(lines) + "\n"
-
-
-_TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
-        "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "±": r"$\pm$", "Δ": r"$\Delta$"}
-
-
-def tex_escape(text: str) -> str:
-    return "".join(_TEX.get(ch, ch) for ch in str(text))
-
-
-def to_latex(head: Sequence[str], body: Sequence[Sequence[str]]) -> str:
-    lines = [r"\begin{tabular}{" + "l" * len(head) + "}", r"\toprule",
-             " & ".join(tex_escape(h) for h in head) + r" \\", r"\midrule"]
-    lines += [" & ".join(tex_escape(c) for c in row) + r" \\" for row in body]
-    lines += [r"\bottomrule", r"\end{tabular}"]
-    return "\n".join(lines) + "\n"
-
-
 def render(columns: Sequence[str], rows: Sequence[Row], fmt: str, *, table: str) -> str:
     """The table in `fmt` (csv, json, md, tex). CSV and JSON hold raw values; md and tex are for reading."""
-    if fmt == "csv":
-        return to_csv(columns, rows)
-    if fmt == "json":
-        return to_json(columns, rows)
-    head, body = presentation(columns, rows, table=table)
-    if fmt == "md":
-        return to_markdown(head, body)
-    if fmt == "tex":
-        return to_latex(head, body)
-    raise ValueError(f"format={fmt!r}: must be one of {', '.join(FORMATS)}")
+    if fmt not in FORMATS:
+        raise ValueError(f"format={fmt!r}: must be one of {', '.join(FORMATS)}")
+    if fmt in ("md", "tex"):
+        columns, rows = presentation(columns, rows, table=table)
+    return tables.render(columns, rows, fmt)

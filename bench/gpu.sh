@@ -11,7 +11,7 @@
 #          full+gc, lora, the LoRA + checkpointing peers (plain, with HF's FFN chunking, with activation offloading),
 #          meft1 (the default engine: chunked recompute), the engine before chunking (-nochunk-sublayer) and the
 #          paper's float arithmetic. One
-#          `python -m mefts_core.measure.bench` process per depth, under a timeout, so a depth that crashes or hangs is
+#          `python -m mefts_core.cli bench` process per depth, under a timeout, so a depth that crashes or hangs is
 #          reported and the others stay; a point that runs out of memory is a "does not fit" row.
 #   STEP   interleaved step times (bench/step_time.py) at 12 layers: the step-time ratios against LoRA and LoRA+gc.
 #   PROFILE where a step's time goes (bench/profile_step.py): kernel time against wall time, host syncs, top ops.
@@ -114,7 +114,7 @@ if ! "$PY" -c 'import importlib.util, sys; sys.exit(importlib.util.find_spec("gt
   export PYTHONPATH="$WORK/stub${PYTHONPATH:+:$PYTHONPATH}"
 fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-"$PY" -c 'import mefts_core.measure.bench, mefts_core.methods' || { echo "error: mefts_core does not import with $PY" >&2; exit 2; }
+"$PY" -c 'import mefts_core.cli, mefts_core.measure.bench, mefts_core.methods' || { echo "error: mefts_core does not import with $PY" >&2; exit 2; }
 if [[ "$DEVICE" == cuda* ]]; then
   card=$("$PY" -c 'import torch; assert torch.cuda.is_available(), "no CUDA device visible"; print(torch.cuda.get_device_name(0))')
 else
@@ -133,7 +133,7 @@ fi
 
 if [[ "$TABLE" == "1" ]]; then
   for layers in $LAYERS; do
-    run "table-L$layers" "$ROW_TIMEOUT" "$PY" -m mefts_core.measure.bench --backbone "$BACKBONE" --methods "$METHODS" \
+    run "table-L$layers" "$ROW_TIMEOUT" "$PY" -m mefts_core.cli bench --backbone "$BACKBONE" --methods "$METHODS" \
       --layers "$layers" --seq-len "$SEQ" --batch-size "$BATCH" --device "$DEVICE" --warmup "$WARMUP" \
       --repeats "$REPEATS" --no-progress --output "$WORK/rows/L$layers.json"
   done
@@ -152,7 +152,7 @@ fi
 if [[ "$FITS" == "1" ]]; then
   for method in ${FITS_METHODS//,/ }; do  # one process per method: a search cut off by the deadline loses only itself
     for depth in 12 24; do
-      run "fits-$method-$depth" 120 "$PY" -m mefts_core.measure.bench --backbone "$BACKBONE" --methods "$method" \
+      run "fits-$method-$depth" 120 "$PY" -m mefts_core.cli bench --backbone "$BACKBONE" --methods "$method" \
         --layers "$depth" --seq-len "$SEQ" --batch-size "$BATCH" --device "$DEVICE" --repeats 1 --warmup 1 \
         --no-progress --fits 24 --fits-only --fits-output "$WORK/fits-$method-$depth.json"
     done
@@ -167,8 +167,8 @@ echo
 shopt -s nullglob
 rows=("$WORK"/rows/*.json)
 if (( ${#rows[@]} )); then
-  "$PY" -m mefts_core.measure.bench --from "${rows[@]}" --output "$OUT/rows.json"
-  "$PY" -m mefts_core.measure.bench --from "$OUT/rows.json" --output "$OUT/rows.csv" > "$OUT/table.md"
+  "$PY" -m mefts_core.cli bench --from "${rows[@]}" --output "$OUT/rows.json"
+  "$PY" -m mefts_core.cli bench --from "$OUT/rows.json" --output "$OUT/rows.csv" > "$OUT/table.md"
   "$PY" bench/report.py ratios "$OUT/rows.json" || true
 elif [[ "$TABLE" == "1" ]]; then
   echo "(no rows)"

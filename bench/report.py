@@ -17,6 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mefts_core.measure.bench import load_rows, reestimate, summary_table  # noqa: E402
+from mefts_core.measure.tables import to_markdown  # noqa: E402
 
 MiB = 1 << 20
 
@@ -34,19 +35,19 @@ def ratios(rows, steps: bool = True) -> str:
     out = []
     for (bb, L, T, B), by in sorted(groups.items()):
         full, lgc = by.get("full"), by.get("lora+gc")
-        out.append(f"\n{bb}, {L} layers, seq {T}, batch {B}\n")
+        out.append(f"\n{bb}, {L} layers, seq {T}, batch {B}\n\n")
         head = ["method", "peak act / full", "stored / full", "peak / LoRA+gc peak"]
         head += ["step / LoRA", "step / LoRA+gc"] if steps else []
-        out.append("| " + " | ".join(head) + " |")
-        out.append("|" + "---|" * len(head))
         lora = by.get("lora")
+        body = []
         for m, r in by.items():
             def rel(key, ref, r=r):
                 return f"{r[key] / ref[key]:.3f}" if ref is not None and ref.get(key) and r.get(key) is not None else "-"
             cells = [m, rel("peak_activation_bytes", full), rel("stored_activation_bytes", full), rel("peak_bytes", lgc)]
             cells += [rel("step_seconds", lora), rel("step_seconds", lgc)] if steps else []
-            out.append("| " + " | ".join(cells) + " |")
-    return "\n".join(out)
+            body.append(cells)
+        out.append(to_markdown(head, body))
+    return "".join(out)
 
 
 def depth(rows) -> str:
@@ -56,7 +57,7 @@ def depth(rows) -> str:
     depths = sorted({r["layers"] for r in _ok(rows)})
     head = ["method"] + [f"L={n}: stored / peak act / peak MiB" for n in depths] + ["peak act, deepest / 12",
                                                                                      "stored, deepest / 12"]
-    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    body = []
     for m, rs in by.items():
         cells = [m]
         for n in depths:
@@ -69,8 +70,8 @@ def depth(rows) -> str:
             cells.append(f"{rs[deep]['stored_activation_bytes'] / rs[12]['stored_activation_bytes']:.3f}")
         else:
             cells += ["-", "-"]
-        out.append("| " + " | ".join(cells) + " |")
-    return "\n".join(out)
+        body.append(cells)
+    return to_markdown(head, body)
 
 
 def curve(rows, axis: str) -> str:
@@ -79,7 +80,7 @@ def curve(rows, axis: str) -> str:
         by[r["method"]][r[axis]] = r
     xs = sorted({r[axis] for r in rows})
     head = ["method"] + [f"{axis}={x}: peak act / peak MiB" for x in xs]
-    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    body = []
     for m, rs in by.items():
         cells = [m]
         for x in xs:
@@ -90,8 +91,8 @@ def curve(rows, axis: str) -> str:
                 cells.append(r["status"])
             else:
                 cells.append(f"{r['peak_activation_bytes'] / MiB:,.0f} / {r['peak_bytes'] / MiB:,.0f}")
-        out.append("| " + " | ".join(cells) + " |")
-    return "\n".join(out)
+        body.append(cells)
+    return to_markdown(head, body)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -104,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = reestimate([r for f in args.files for r in load_rows(f)])
     text = {"table": lambda: summary_table(rows), "ratios": lambda: ratios(rows, steps=not args.no_steps), "depth": lambda: depth(rows),
             "curve": lambda: curve(rows, args.axis)}[args.what]()
-    print(text)
+    sys.stdout.write(text)
     return 0
 
 

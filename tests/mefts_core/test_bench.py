@@ -9,8 +9,17 @@ import math
 import pytest
 import torch
 
+from mefts_core.cli import main as cli_main
 from mefts_core.measure import bench
-from mefts_core.measure.bench import COLUMNS, BenchGrid, format_rows, parse_method, parse_rows, run_bench
+from mefts_core.measure.bench import (
+    COLUMNS,
+    BenchGrid,
+    budget,
+    format_rows,
+    parse_method,
+    parse_rows,
+    run_bench,
+)
 
 TINY = dict(backbones=["tiny-bert"], methods=["lora", "meft1-exact"], layers=[1, 2], seq_lens=[16],
             batch_sizes=[2], warmup=0, repeats=2)
@@ -82,13 +91,13 @@ def test_method_labels():
 
 def test_command_line_writes_rows_and_prints_the_table(tmp_path, capsys):
     out = tmp_path / "rows.csv"
-    assert bench.main(["--preset", "smoke", "--layers", "1", "--methods", "lora+gc", "--repeats", "1",
-                       "--no-progress", "--output", str(out)]) == 0
+    assert cli_main(["bench", "--preset", "smoke", "--layers", "1", "--methods", "lora+gc", "--repeats", "1",
+                     "--no-progress", "--output", str(out)]) == 0
     rows = parse_rows(out.read_text(), "csv")
     assert [(r["backbone"], r["method"], r["layers"], r["seq_len"]) for r in rows] == [("tiny-bert", "lora+gc", 1, 32)]
     table = capsys.readouterr().out
     assert "| tiny-bert | lora+gc | 1 | 32 | 2 |" in table
-    assert bench.main(["--from", str(out), "--format", "json"]) == 0  # re-render without running
+    assert cli_main(["bench", "--from", str(out), "--format", "json"]) == 0  # re-render without running
     assert json.loads(capsys.readouterr().out)[0]["peak_bytes"] == rows[0]["peak_bytes"]
 
 
@@ -132,9 +141,9 @@ def test_gpu_batch_search_bisects_on_real_oom_exceptions(monkeypatch):
     monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction",
                         lambda f, dev: fractions.append(f) if dev.index is not None else pytest.fail(f"{dev}"))
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
-    monkeypatch.setattr(bench, "build_model", lambda *a, **k: (model, ""))
-    monkeypatch.setattr(bench, "make_batch", lambda config, b, t, **k: b)
-    monkeypatch.setattr(bench, "timed_steps", step)
+    monkeypatch.setattr(budget, "build_model", lambda *a, **k: (model, ""))
+    monkeypatch.setattr(budget, "make_batch", lambda config, b, t, **k: b)
+    monkeypatch.setattr(budget, "timed_steps", step)
     got = bench.search_max_batch("bert-base", "lora", seq_len=512, budget_bytes=24 * 2**30, device="cuda")
     assert got == 37
     assert probes[:7] == [1, 2, 4, 8, 16, 32, 64] and len(probes) <= 14

@@ -48,7 +48,7 @@ def test_local_csv_trains_end_to_end_through_the_cli(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
     assert result["task"] == "local" and result["label_names"] == ["neg", "pos"]
-    assert result["config"]["method_options"] == {"r": 4}
+    assert result["config"]["method_options"]["r"] == 4  # the typed options: every field, defaults included
     assert result["config"]["task_options"]["text_columns"] == ["review"]
     assert len(result["epoch_metrics"]) == 2 and "accuracy" in result["test_metrics"]
     assert result["split_sizes"] == {"train": 48, "dev": 12, "test": 12}
@@ -66,7 +66,7 @@ def test_bad_field_prints_error_and_exits_2_without_traceback(tmp_path):
         cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode == 2
-    assert proc.stderr.strip() == "error: label_column='y': 'y' not in train.csv; columns: review, sentiment"
+    assert proc.stderr.strip() == "error: task_options.label_column='y': 'y' not in train.csv; columns: review, sentiment"
     assert "Traceback" not in proc.stderr
 
 
@@ -75,7 +75,7 @@ def test_bad_field_prints_error_and_exits_2_without_traceback(tmp_path):
     [
         (["--lr", "-0.1"], "error: learning_rate=-0.1: must be >= 0"),
         (["--batch-size", "0"], "error: batch_size=0: must be an integer >= 1"),
-        (["--option", "r=8"], "error: r=8: option does not belong to method 'full'"),
+        (["--option", "r=8"], "error: method_options.r=8: option does not belong to method 'full'"),
         (["--train", "x.csv"], "error: --train: only for --task local"),
         (["--device", "tpu"], "error: device='tpu': must be"),
     ],

@@ -1,0 +1,7 @@
+"""`python -m mefts_core.cli train|sweep|bench ...`."""
+
+import sys
+
+from mefts_core.cli import main
+
+sys.exit(main())

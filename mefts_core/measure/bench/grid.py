@@ -1,0 +1,154 @@
+"""The bench's grid: method labels (`parse_method`), one grid point (`BenchCase`), the grid and how each point is
+measured (`BenchGrid`), and the presets `mefts bench --preset` starts from.
+
+Method labels (`parse_method`): a method name, plus "+gc" for gradient checkpointing (non-MEFT methods), and for
+MEFT "-exact" (default), "-float" (the paper's arithmetic; its error budget is lifted so random weights can be
+measured) or "-ckK" (float with an exact checkpoint every K layers).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from mefts_core.methods import MEFT_METHODS, METHODS
+
+STANDARD_METHODS = ["full", "full+gc", "lora", "lora+gc", "adapter", "bitfit", "meft1-float", "meft1-exact",
+                    "meft2-float", "meft2-exact", "meft3-float", "meft3-exact"]
+CURVE_METHODS = ["full", "full+gc", "lora", "lora+gc", "meft1-float", "meft1-exact"]
+
+# Presets are grid defaults; any flag given on the command line overrides the preset's value.
+PRESETS: dict[str, dict[str, Any]] = {
+    # The standard table: BERT-base shape, 12 layers, batch 8, seq 512 (on CPU pass --seq-len 256 or 128).
+    "standard": dict(backbones=["bert-base"], methods=STANDARD_METHODS, layers=[12], seq_lens=[512], batch_sizes=[8]),
+    # Curves: memory against depth, sequence length and batch (seq > 512 extends BERT's position table).
+    "depth": dict(backbones=["bert-base"], methods=CURVE_METHODS, layers=[6, 12, 24, 48], seq_lens=[128],
+                  batch_sizes=[8], repeats=1),
+    "seq": dict(backbones=["bert-base"], methods=CURVE_METHODS, layers=[12], seq_lens=[128, 256, 512, 1024, 2048],
+                batch_sizes=[1], repeats=1),
+    "batch": dict(backbones=["bert-base"], methods=CURVE_METHODS, layers=[12], seq_lens=[128],
+                  batch_sizes=[1, 2, 4, 8, 16], repeats=1),
+    # The key GPU table (bench/gpu.sh).
+    "gpu": dict(backbones=["bert-base"], methods=["full", "full+gc", "lora", "lora+gc", "meft1-float", "meft1-exact"],
+                layers=[12, 24, 48], seq_lens=[512], batch_sizes=[8], repeats=5, warmup=2),
+    # Seconds on a laptop: the shape of the output, not a measurement to quote.
+    "smoke": dict(backbones=["tiny-bert"], methods=["lora", "meft1-exact"], layers=[2, 4], seq_lens=[32],
+                  batch_sizes=[2], repeats=1),
+}
+
+
+_BASELINE_SUFFIXES = {"+gc": {"gradient_checkpointing": True}, "+offload": {"offload_activations": True},
+                      "+ff": {"ffn_chunk": 128}}
+_MEFT_SUFFIXES = {"layer": {"recompute_unit": "layer"}, "sublayer": {"recompute_unit": "sublayer"},
+                  "nochunk": {"chunk_tokens": 0}}
+
+
+def parse_method(label: str) -> tuple[str, dict[str, Any]]:
+    """A bench label -> (method, options) for apply_method.
+
+    Non-MEFT methods take any of "+gc" (gradient checkpointing), "+ff" (Hugging Face's FFN chunking, 128 tokens) and
+    "+offload" (activations saved to CPU memory): "lora+gc+ff". MEFT takes a mode, "-exact" (default), "-float" (the
+    paper's arithmetic; its error budget is lifted so random weights can be measured) or "-ckK" (float with an exact
+    checkpoint every K layers), then any of "-layer" / "-sublayer" (recompute_unit) and "-nochunk" (chunk_tokens=0):
+    "meft1-exact-nochunk-sublayer" is the engine before chunking.
+
+    Raises ValueError naming the label when it is not a method with known suffixes.
+    """
+    base, opts = label, {}
+    while any(base.endswith(sfx) for sfx in _BASELINE_SUFFIXES):
+        sfx = next(sfx for sfx in _BASELINE_SUFFIXES if base.endswith(sfx))
+        base, opts = base.removesuffix(sfx), opts | _BASELINE_SUFFIXES[sfx]
+    if base.startswith(MEFT_METHODS) and "-" in base:
+        base, mode, *flags = base.split("-")
+        if mode == "float":
+            opts |= {"recompute": "float", "error_budget": None}
+        elif mode.startswith("ck") and mode[2:].isdigit() and int(mode[2:]) >= 1:
+            opts |= {"recompute": f"checkpoint_every={int(mode[2:])}", "error_budget": None}
+        elif mode != "exact":
+            raise ValueError(f"method={label!r}: unknown MEFT mode {mode!r}; use -exact, -float or -ckK, "
+                             f"optionally followed by {', '.join('-' + f for f in _MEFT_SUFFIXES)}")
+        for flag in flags:
+            if flag not in _MEFT_SUFFIXES:
+                raise ValueError(f"method={label!r}: unknown MEFT suffix {flag!r}; use "
+                                 f"{', '.join('-' + f for f in _MEFT_SUFFIXES)}")
+            opts |= _MEFT_SUFFIXES[flag]
+    if base not in METHODS or (base in MEFT_METHODS and set(opts) & {"gradient_checkpointing", "offload_activations",
+                                                                      "ffn_chunk"}):
+        raise ValueError(f"method={label!r}: expected one of {', '.join(METHODS)} with optional "
+                         f"{'/'.join(_BASELINE_SUFFIXES)} (non-MEFT) or -exact/-float/-ckK (MEFT) suffixes")
+    return base, opts
+
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class BenchCase:
+    """One grid point."""
+
+    backbone: str
+    method: str  # label
+    layers: int | None  # None: the backbone's own depth
+    seq_len: int
+    batch_size: int
+
+
+@dataclass
+class BenchGrid:
+    """The grid and how each point is measured. Cases run in the order backbone, method, layers, seq_len, batch."""
+
+    backbones: list[str] = field(default_factory=lambda: ["bert-base"])  # registry names or local folders
+    methods: list[str] = field(default_factory=lambda: list(STANDARD_METHODS))  # labels, see parse_method
+    layers: list[int | None] = field(default_factory=lambda: [None])  # None: the backbone's own depth
+    seq_lens: list[int] = field(default_factory=lambda: [128])
+    batch_sizes: list[int] = field(default_factory=lambda: [8])
+    dtype: str = "float32"  # weights and activations: float32, bfloat16 or float16
+    device: str = "auto"  # auto (cuda if available), cpu, cuda, cuda:N
+    warmup: int = 1  # untimed steps first (optimizer state allocated, kernels warm)
+    repeats: int = 3  # timed steps (median reported); 0 measures memory only
+    seed: int = 0  # weights, batch and dropout
+    estimate: bool = True  # add the pre-flight estimate and its error to each row
+
+    def __post_init__(self) -> None:
+        self._validate()
+
+    def _validate(self) -> None:
+        for name in ("seq_lens", "batch_sizes"):
+            bad = [v for v in getattr(self, name) if not isinstance(v, int) or v < 1]
+            if bad:
+                raise ValueError(f"{name}={getattr(self, name)!r}: every value must be an integer >= 1")
+        bad_layers = [v for v in self.layers if v is not None and (not isinstance(v, int) or v < 1)]
+        if bad_layers:
+            raise ValueError(f"layers={self.layers!r}: every value must be an integer >= 1 or None")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype={self.dtype!r}: must be one of {', '.join(DTYPES)}")
+        if self.warmup < 0 or self.repeats < 0:
+            raise ValueError(f"warmup={self.warmup}, repeats={self.repeats}: must be >= 0")
+        for m in self.methods:
+            parse_method(m)
+        self.torch_device()  # validates the device
+
+    def torch_device(self) -> torch.device:
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        dev = torch.device(self.device)
+        if dev.type not in ("cpu", "cuda"):
+            raise ValueError(f"device={self.device!r}: must be auto, cpu, cuda or cuda:N")
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device={self.device!r}: CUDA is not available here")
+        return dev
+
+    def cases(self) -> list[BenchCase]:
+        return [BenchCase(b, m, n, t, bs) for b in self.backbones for m in self.methods for n in self.layers
+                for t in self.seq_lens for bs in self.batch_sizes]
+
+
+def grid_from_preset(preset: str | None, **overrides: Any) -> BenchGrid:
+    """A preset's grid with `overrides` (None values ignored) applied on top."""
+    if preset is not None and preset not in PRESETS:
+        raise ValueError(f"preset={preset!r}: must be one of {', '.join(PRESETS)}")
+    values = dict(PRESETS.get(preset, {})) if preset else {}
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return BenchGrid(**values)
