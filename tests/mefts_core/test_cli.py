@@ -115,7 +115,26 @@ def test_core_commands_attach_to_another_parser():
     assert args.command == "sweep" and args.budget == 3 and callable(args.func)
     args = parser.parse_args(["train", "--backbone", "b", "--method", "lora", "--task", "rte", "--option", "r=4",
                               "--option", "alpha=8"])
-    assert args.option == [("r", 4), ("alpha", 8)] and args.lr is None
+    assert args.option == [("r", 4), ("alpha", 8)] and args.learning_rate is None
+
+
+def test_hyperparameter_flags_are_trainconfigs_fields():
+    """Every TrainConfig hyperparameter has a flag, with TrainConfig's help; unset flags leave its defaults."""
+    from mefts_core.cli.train import config_kwargs
+    from mefts_core.config import TrainConfig, hyperparameter_fields
+
+    parser = argparse.ArgumentParser(prog="mefts")
+    subparsers = parser.add_subparsers(dest="command")
+    add_core_commands(subparsers)
+    dests = {a.dest: a for a in subparsers.choices["train"]._actions}
+    for f in hyperparameter_fields():
+        assert f.name in dests and f.metadata["help"] in dests[f.name].help, f.name
+    args = parser.parse_args(["train", "--backbone", "tiny-bert", "--method", "lora", "--task", "sst2", "--lr", "0.01",
+                              "--no-check-gradients", "--no-memory", "--bf16", "--max-seq-len", "64"])
+    config = TrainConfig(**config_kwargs(args))
+    assert (config.learning_rate, config.check_gradients, config.measure_memory, config.bf16) == (0.01, False, False,
+                                                                                                   True)
+    assert config.max_seq_len == 64 and config.batch_size == TrainConfig.__dataclass_fields__["batch_size"].default
 
 
 def test_grid_subset_is_deterministic():
