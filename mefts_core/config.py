@@ -16,7 +16,7 @@ from typing import Any
 
 from mefts_core.backbones import validate_backbone
 from mefts_core.errors import MISSING, ConfigError, is_int, is_number, require
-from mefts_core.methods import MEFT_METHODS, METHODS, method_options, method_spec, options_dict  # noqa: F401
+from mefts_core.methods import method_options, method_spec, options_dict
 from mefts_core.tasks import validate_task_options
 
 DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")

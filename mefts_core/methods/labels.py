@@ -51,7 +51,7 @@ def _value(text: str) -> Any:
 
 
 def parse_label(label: str) -> tuple[str, dict[str, Any]]:
-    """A label -> (method, options dict that differ from the defaults). ConfigError naming the label otherwise."""
+    """A label -> (method, the options that differ from the defaults). ConfigError naming the label otherwise."""
     m = _LABEL.match(label.strip()) if isinstance(label, str) else None
     if m is None:
         raise ConfigError("method", label, "not a method label like lora(r=16)+gc or meft1-float-nochunk")
@@ -72,7 +72,7 @@ def parse_label(label: str) -> tuple[str, dict[str, Any]]:
             if not sep:
                 raise ConfigError("method", label, f"{part!r} is not key=value")
             opts[key.strip()] = _value(text.strip())
-    typed = method_options(method, **opts)  # validates; drops nothing
+    typed = options_dict(method_options(method, **opts))  # validates
     default = options_dict(method_options(method))
-    return method, {k: v for k, v in options_dict(typed).items() if k in opts or v != default[k]}
+    return method, {k: v for k, v in typed.items() if v != default[k]}
 

@@ -9,10 +9,9 @@ import torch
 from transformers import BertConfig, BertForMultipleChoice, BertModel
 
 from mefts_core.backbones import load_backbone
-from mefts_core.config import METHODS, method_options
 from mefts_core.measure.diagnostics import batch_loss, gradient_fidelity
 from mefts_core.measure.memory import measure_step
-from mefts_core.methods import apply_method, meft_stacks
+from mefts_core.methods import METHODS, apply_method, meft_stacks, method_options
 from tests.mefts_core.helpers import meft_model, tiny, tiny_batch
 
 CASES = [(m, {}) for m in METHODS] + [
@@ -184,3 +183,32 @@ def test_meft_stored_memory_is_flat_in_depth(record_property):
     # exact: one 4-bit remainder per element per layer for λ = 1/10 (d = 64: 32 bytes per token per layer)
     buffer_per_layer = (figures["exact"][24] - figures["exact"][12]) / 12
     assert buffer_per_layer == pytest.approx(4 * 64 * 64 / 2, rel=0.05)
+
+
+@pytest.mark.parametrize("method, options, label", [
+    ("full", {}, "full"),
+    ("lora", {"r": 16, "gradient_checkpointing": True}, "lora(r=16)+gc"),
+    ("lora", {"target_modules": ["query", "key"], "ffn_chunk": 128, "offload_activations": True},
+     "lora(target_modules=['query', 'key'])+ff+offload"),
+    ("adapter", {"placement": "houlsby", "ffn_chunk": 64}, "adapter(ffn_chunk=64,placement=houlsby)"),
+    ("meft1", {"recompute": "float", "chunk_tokens": 0}, "meft1-float-nochunk"),
+    ("meft2", {"recompute": "checkpoint_every=3", "recompute_unit": "sublayer", "bottleneck": 16},
+     "meft2-ck3-sublayer(bottleneck=16)"),
+    ("meft3", {"lam": 0.25, "error_budget": None}, "meft3(error_budget=None,lam=0.25)"),
+])
+def test_one_label_per_method_and_options_and_back(method, options, label):
+    """Run tables, the bench and the dashboard name a method one way, and a label reads back to its options."""
+    from mefts_core.methods import method_label, parse_label
+
+    assert method_label(method, options) == label
+    assert method_label(method, method_options(method, **options)) == label
+    assert parse_label(label) == (method, options)
+
+
+def test_a_bad_label_names_itself():
+    from mefts_core.errors import ConfigError
+    from mefts_core.methods import parse_label
+
+    for bad in ("meft1+gc", "lora-float", "sgd", "meft1-ck0", "lora(r=0)", "lora(bogus=1)"):
+        with pytest.raises(ConfigError):
+            parse_label(bad)

@@ -1,9 +1,10 @@
 """The bench's grid: method labels (`parse_method`), one grid point (`BenchCase`), the grid and how each point is
 measured (`BenchGrid`), and the presets `mefts bench --preset` starts from.
 
-Method labels (`parse_method`): a method name, plus "+gc" for gradient checkpointing (non-MEFT methods), and for
-MEFT "-exact" (default), "-float" (the paper's arithmetic; its error budget is lifted so random weights can be
-measured) or "-ckK" (float with an exact checkpoint every K layers).
+Method labels are those of every run table (`mefts_core.methods.labels`): "lora+gc" (gradient checkpointing),
+"+ff" (Hugging Face's FFN chunking, 128 tokens), "+offload" (activations saved to CPU memory); for MEFT "-float" (the
+paper's arithmetic), "-ckK" (float with an exact checkpoint every K layers), "-sublayer", "-nochunk"; other options in
+parentheses.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 
 import torch
 
-from mefts_core.methods import MEFT_METHODS, METHODS
+from mefts_core.methods import MEFT_METHODS, parse_label
 
 STANDARD_METHODS = ["full", "full+gc", "lora", "lora+gc", "adapter", "bitfit", "meft1-float", "meft1-exact",
                     "meft2-float", "meft2-exact", "meft3-float", "meft3-exact"]
@@ -39,46 +40,18 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-_BASELINE_SUFFIXES = {"+gc": {"gradient_checkpointing": True}, "+offload": {"offload_activations": True},
-                      "+ff": {"ffn_chunk": 128}}
-_MEFT_SUFFIXES = {"layer": {"recompute_unit": "layer"}, "sublayer": {"recompute_unit": "sublayer"},
-                  "nochunk": {"chunk_tokens": 0}}
-
-
 def parse_method(label: str) -> tuple[str, dict[str, Any]]:
-    """A bench label -> (method, options) for apply_method.
+    """A bench label -> (method, options) for apply_method: `mefts_core.methods.parse_label`, the grammar of every
+    method label ("lora+gc+ff", "meft1-float", "meft1-nochunk-sublayer", "adapter(placement=houlsby)"), and one bench
+    policy: MEFT's float modes ("-float", "-ckK") run without an error budget unless the label sets one, so that
+    random weights, whose float inversion drifts, can be measured.
 
-    Non-MEFT methods take any of "+gc" (gradient checkpointing), "+ff" (Hugging Face's FFN chunking, 128 tokens) and
-    "+offload" (activations saved to CPU memory): "lora+gc+ff". MEFT takes a mode, "-exact" (default), "-float" (the
-    paper's arithmetic; its error budget is lifted so random weights can be measured) or "-ckK" (float with an exact
-    checkpoint every K layers), then any of "-layer" / "-sublayer" (recompute_unit) and "-nochunk" (chunk_tokens=0):
-    "meft1-exact-nochunk-sublayer" is the engine before chunking.
-
-    Raises ValueError naming the label when it is not a method with known suffixes.
+    Raises ConfigError (a ValueError) naming the label when it is not a method label.
     """
-    base, opts = label, {}
-    while any(base.endswith(sfx) for sfx in _BASELINE_SUFFIXES):
-        sfx = next(sfx for sfx in _BASELINE_SUFFIXES if base.endswith(sfx))
-        base, opts = base.removesuffix(sfx), opts | _BASELINE_SUFFIXES[sfx]
-    if base.startswith(MEFT_METHODS) and "-" in base:
-        base, mode, *flags = base.split("-")
-        if mode == "float":
-            opts |= {"recompute": "float", "error_budget": None}
-        elif mode.startswith("ck") and mode[2:].isdigit() and int(mode[2:]) >= 1:
-            opts |= {"recompute": f"checkpoint_every={int(mode[2:])}", "error_budget": None}
-        elif mode != "exact":
-            raise ValueError(f"method={label!r}: unknown MEFT mode {mode!r}; use -exact, -float or -ckK, "
-                             f"optionally followed by {', '.join('-' + f for f in _MEFT_SUFFIXES)}")
-        for flag in flags:
-            if flag not in _MEFT_SUFFIXES:
-                raise ValueError(f"method={label!r}: unknown MEFT suffix {flag!r}; use "
-                                 f"{', '.join('-' + f for f in _MEFT_SUFFIXES)}")
-            opts |= _MEFT_SUFFIXES[flag]
-    if base not in METHODS or (base in MEFT_METHODS and set(opts) & {"gradient_checkpointing", "offload_activations",
-                                                                      "ffn_chunk"}):
-        raise ValueError(f"method={label!r}: expected one of {', '.join(METHODS)} with optional "
-                         f"{'/'.join(_BASELINE_SUFFIXES)} (non-MEFT) or -exact/-float/-ckK (MEFT) suffixes")
-    return base, opts
+    method, options = parse_label(label)
+    if method in MEFT_METHODS and options.get("recompute", "exact") != "exact":
+        options.setdefault("error_budget", None)
+    return method, options
 
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
