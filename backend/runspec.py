@@ -66,8 +66,8 @@ def build_config(
     backbone: str,
     method: str,
     task: str,
-    method_opts: dict[str, Any] | None,
-    task_opts: dict[str, Any] | None,
+    method_options: dict[str, Any] | None,
+    task_options: dict[str, Any] | None,
     hyperparameters: dict[str, Any] | None,
     seed: int | None,
     device: str | None,
@@ -77,7 +77,7 @@ def build_config(
 
     With `allowed_roots`, a backbone given as a local folder and the task's file options must lie inside them
     (after resolving `..` and symlinks); they are kept as those real paths."""
-    task_opts = dict(task_opts or {})
+    task_opts = dict(task_options or {})
     hp = dict(hyperparameters or {})  # explicitly set values only (nulls included); TrainConfig fills the rest
     if allowed_roots is not None:
         backbone, task_opts = confine_run_paths(backbone, task_opts, allowed_roots)
@@ -85,7 +85,7 @@ def build_config(
         if key in TOP_LEVEL:
             raise SpecError(("hyperparameters", key), hp[key], f"{key}={hp[key]!r}: set it at the top level of the run")
     raw: dict[str, Any] = {"backbone": backbone, "method": method, "task": task,
-                           "method_options": dict(method_opts or {}), "task_options": task_opts, **hp}
+                           "method_options": dict(method_options or {}), "task_options": task_opts, **hp}
     if seed is not None:
         raw["seed"] = seed
     if device is not None:
@@ -157,29 +157,13 @@ def spec_error(err: SpecError) -> HTTPException:
     return HTTPException(status_code=status.HTTP_422_UNPROCESSABLE_CONTENT, detail=[err.detail()])
 
 
-def validated_columns(
-    *,
-    backbone: str,
-    method: str,
-    task: str,
-    method_options: dict[str, Any] | None,
-    task_options: dict[str, Any] | None,
-    hyperparameters: dict[str, Any] | None,
-    seed: int | None,
-    device: str | None,
-    name: str | None,
-    priority: int,
-    max_attempts: int | None,
-    settings: Settings,
-    cloned_from: int | None = None,
-    timeout_s: float | None = None,
-) -> dict[str, Any]:
-    """Validate a run and return its table columns; raises a 422 HTTPException naming the field and value."""
+def validated_columns(*, settings: Settings, name: str | None = None, priority: int = 0,
+                      max_attempts: int | None = None, cloned_from: int | None = None,
+                      timeout_s: float | None = None, **run: Any) -> dict[str, Any]:
+    """Validate a run (`run`: build_config's keywords) and return its table columns; raises a 422 HTTPException
+    naming the field and value."""
     try:
-        config = build_config(
-            backbone=backbone, method=method, task=task, method_opts=method_options, task_opts=task_options,
-            hyperparameters=hyperparameters, seed=seed, device=device, allowed_roots=settings.allowed_root_paths,
-        )
+        config = build_config(**run, allowed_roots=settings.allowed_root_paths)
     except SpecError as e:
         raise spec_error(e) from e
     return run_columns(config, timeout_s=timeout_s, name=name, priority=priority,

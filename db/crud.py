@@ -248,24 +248,11 @@ def claim_next_run(
         update(Run)
         .where(Run.id == candidate, Run.status == RunStatus.queued)
         .values(
-            status=RunStatus.running,
-            attempts=Run.attempts + 1,
-            worker_id=worker_id,
-            host=host,
-            slot=slot,
-            pid=None,
-            cancel_requested=False,
-            started_at=now,
-            finished_at=None,
-            lease_expires_at=now + dt.timedelta(seconds=lease_seconds),
-            progress=0.0,
-            step=None,
-            total_steps=None,
-            epoch=None,
-            loss=None,
-            error=None,
-            traceback=None,
-            updated_at=now,
+            status=RunStatus.running, attempts=Run.attempts + 1, worker_id=worker_id, host=host, slot=slot,
+            cancel_requested=False, started_at=now, lease_expires_at=now + dt.timedelta(seconds=lease_seconds),
+            progress=0.0, updated_at=now,
+            # what a previous attempt left: cleared, so the new attempt starts from nothing
+            **dict.fromkeys(("pid", "finished_at", "step", "total_steps", "epoch", "loss", "error", "traceback")),
         )
         .returning(Run.id)
         .execution_options(synchronize_session=False)

@@ -29,7 +29,7 @@ from transformers import (
 )
 
 from mefts_core.engine.models import family_for_type, family_named
-from mefts_core.errors import ConfigError
+from mefts_core.errors import ConfigError, register
 
 log = logging.getLogger(__name__)
 
@@ -105,10 +105,7 @@ BACKBONES: dict[str, BackboneSpec] = {s.name: s for s in [
 def register_backbone(spec: BackboneSpec, *, replace: bool = False) -> BackboneSpec:
     """Add a backbone name (its family must be registered; ValueError when the name is taken, unless `replace`)."""
     family_named(spec.family)
-    if spec.name in BACKBONES and not replace:
-        raise ValueError(f"backbone {spec.name!r} is already registered")
-    BACKBONES[spec.name] = spec
-    return spec
+    return register(BACKBONES, spec.name, spec, replace=replace, what="backbone")
 
 
 def unregister_backbone(name: str) -> None:

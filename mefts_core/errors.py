@@ -50,3 +50,11 @@ def is_number(v: Any) -> bool:
 
 class Unsupported(ConfigError, NotImplementedError):
     """A valid field value that a component cannot handle (e.g. the estimator and a family without a layer walk)."""
+
+
+def register(table: dict, name: str, item: Any, *, replace: bool, what: str) -> Any:
+    """Put `item` under `name` in a registry `table` (ValueError when the name is taken, unless `replace`)."""
+    if name in table and not replace:
+        raise ValueError(f"{what} {name!r} is already registered")
+    table[name] = item
+    return item

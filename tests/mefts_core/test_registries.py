@@ -16,7 +16,7 @@ from transformers import ElectraConfig
 from mefts_core.backbones import BackboneSpec, load_backbone, register_backbone, unregister_backbone
 from mefts_core.config import TrainConfig
 from mefts_core.engine.models import Family, family_of, register_family, unregister_family
-from mefts_core.engine.models.bert import AttnCall, FfnCall
+from mefts_core.engine.models.bert import BertFamily
 from mefts_core.errors import ConfigError, require
 from mefts_core.measure.estimate import estimate_memory
 from mefts_core.methods import (
@@ -63,19 +63,9 @@ class ElectraFamily(Family):
     lora_targets = ["query", "value"]
     tokenizer = "wordpiece"
 
-    @staticmethod
-    def groups(base):
-        return [(base.encoder.layer, ("attention_mask",))]
-
-    @staticmethod
-    def pieces(layer, *, attn_adapter=None, ffn_adapter=None, ffn_mode="parallel"):
-        from mefts_core.engine.adapters import AdaptedOutput
-
-        if attn_adapter is not None:
-            layer.attention.output = AdaptedOutput(layer.attention.output, attn_adapter, "series")
-        if ffn_adapter is not None:
-            layer.output = AdaptedOutput(layer.output, ffn_adapter, ffn_mode)
-        return [AttnCall(layer.attention)], FfnCall(layer.intermediate, layer.output)
+    # ELECTRA's layers are BERT's (attention, intermediate, output under the same names): the same walk
+    groups = staticmethod(BertFamily.groups)
+    pieces = staticmethod(BertFamily.pieces)
 
     @staticmethod
     def random_config(shape, tok, kw):

@@ -76,14 +76,19 @@ class LlamaFfnPiece(nn.Module):
         return x + h
 
 
-class OptFamily(Family):
+class _PreLnDecoder(Family):
+    """What the decoder-only families share: pre-LN layers, LoRA on the attention's q and v projections."""
+
+    decoder = True
+    pre_ln = True
+    lora_targets = ["q_proj", "v_proj"]
+
+
+class OptFamily(_PreLnDecoder):
     """OPT (pre-LN decoder)."""
 
     name = "opt"
     model_types = ("opt",)
-    decoder = True
-    pre_ln = True
-    lora_targets = ["q_proj", "v_proj"]
 
     @staticmethod
     def groups(base: nn.Module) -> list[tuple[nn.ModuleList, tuple[str, ...]]]:
@@ -103,14 +108,11 @@ class OptFamily(Family):
                          word_embed_proj_dim=d, max_position_embeddings=2048, **_special_ids(tok), **kw)
 
 
-class LlamaFamily(Family):
+class LlamaFamily(_PreLnDecoder):
     """Llama and its relatives that share its layer (SmolLM2)."""
 
     name = "llama"
     model_types = ("llama",)
-    decoder = True
-    pre_ln = True
-    lora_targets = ["q_proj", "v_proj"]
 
     @staticmethod
     def groups(base: nn.Module) -> list[tuple[nn.ModuleList, tuple[str, ...]]]:
