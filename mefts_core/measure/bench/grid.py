@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from mefts_core.errors import ConfigError, is_int, require
 from mefts_core.methods import MEFT_METHODS, parse_label
 
 STANDARD_METHODS = ["full", "full+gc", "lora", "lora+gc", "adapter", "bitfit", "meft1-float", "meft1-exact",
@@ -89,16 +90,13 @@ class BenchGrid:
 
     def _validate(self) -> None:
         for name in ("seq_lens", "batch_sizes"):
-            bad = [v for v in getattr(self, name) if not isinstance(v, int) or v < 1]
-            if bad:
-                raise ValueError(f"{name}={getattr(self, name)!r}: every value must be an integer >= 1")
-        bad_layers = [v for v in self.layers if v is not None and (not isinstance(v, int) or v < 1)]
-        if bad_layers:
-            raise ValueError(f"layers={self.layers!r}: every value must be an integer >= 1 or None")
-        if self.dtype not in DTYPES:
-            raise ValueError(f"dtype={self.dtype!r}: must be one of {', '.join(DTYPES)}")
-        if self.warmup < 0 or self.repeats < 0:
-            raise ValueError(f"warmup={self.warmup}, repeats={self.repeats}: must be >= 0")
+            values = getattr(self, name)
+            require(all(is_int(v) and v >= 1 for v in values), name, values, "every value must be an integer >= 1")
+        require(all(v is None or (is_int(v) and v >= 1) for v in self.layers), "layers", self.layers,
+                "every value must be an integer >= 1 or None")
+        require(self.dtype in DTYPES, "dtype", self.dtype, f"must be one of {', '.join(DTYPES)}")
+        require(self.warmup >= 0, "warmup", self.warmup, "must be >= 0")
+        require(self.repeats >= 0, "repeats", self.repeats, "must be >= 0")
         for m in self.methods:
             parse_method(m)
         self.torch_device()  # validates the device
@@ -108,9 +106,9 @@ class BenchGrid:
             return torch.device("cuda" if torch.cuda.is_available() else "cpu")
         dev = torch.device(self.device)
         if dev.type not in ("cpu", "cuda"):
-            raise ValueError(f"device={self.device!r}: must be auto, cpu, cuda or cuda:N")
+            raise ConfigError("device", self.device, "must be auto, cpu, cuda or cuda:N")
         if dev.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"device={self.device!r}: CUDA is not available here")
+            raise ConfigError("device", self.device, "CUDA is not available here")
         return dev
 
     def cases(self) -> list[BenchCase]:
@@ -121,7 +119,7 @@ class BenchGrid:
 def grid_from_preset(preset: str | None, **overrides: Any) -> BenchGrid:
     """A preset's grid with `overrides` (None values ignored) applied on top."""
     if preset is not None and preset not in PRESETS:
-        raise ValueError(f"preset={preset!r}: must be one of {', '.join(PRESETS)}")
+        raise ConfigError("preset", preset, f"must be one of {', '.join(PRESETS)}")
     values = dict(PRESETS.get(preset, {})) if preset else {}
     values.update({k: v for k, v in overrides.items() if v is not None})
     return BenchGrid(**values)
