@@ -5,7 +5,7 @@
 #   bash bench/gpu.sh              # on the GPU machine, from the repository root
 #
 # Sections, in order of importance (each off with its variable set to 0):
-#   TESTS  the CUDA tests (tests/mefts_core/test_gpu.py and every test marked gpu): exact inversion with GPU kernels,
+#   TESTS  the CUDA tests (tests/mefts_core/measure/test_gpu.py and every test marked gpu): exact inversion with GPU kernels,
 #          CUDA dropout replay, bf16 autocast, the allocator's peaks.
 #   TABLE  the key table: BERT-base shape (random init), seq 512, batch 8, fp32, AdamW; depths 12, 24, 48; full,
 #          full+gc, lora, the LoRA + checkpointing peers (plain, with HF's FFN chunking, with activation offloading),

@@ -18,8 +18,8 @@ from mefts_core.measure.bench import build_model, make_batch
 from mefts_core.measure.diagnostics import batch_loss, gradient_fidelity
 from mefts_core.measure.memory import measure_step
 from mefts_core.methods import apply_method
+from tests.mefts_core.engine.test_families import FAMILIES, _batch
 from tests.mefts_core.helpers import max_rel, meft_model, tiny_batch
-from tests.mefts_core.test_families import FAMILIES, _batch
 
 VARIANTS = ["meft1", "meft2", "meft3"]
 
