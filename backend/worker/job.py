@@ -2,8 +2,13 @@
 
 It loads the run's config from the database, calls `mefts_core.training.trainer.run_training` with a callback that writes
 progress, metric points, the memory report and log lines (throttled), and stores the verdict:
-succeeded (result), does_not_fit (out of memory: "does not fit at batch B, seq T" and the memory reached) or failed
-(error and traceback). A heartbeat thread renews the run's lease, so the run survives the death of the worker that
+succeeded (result, and the best model packed as a tar.gz: its path, size and sha256), does_not_fit (out of memory:
+"does not fit at batch B, seq T" and the memory reached) or failed (error and traceback).
+
+The run trains in `<data dir>/runs/<run id>/` (backend/artifacts.py). The library keeps a checkpoint there after every
+epoch, so an attempt that finds one (its predecessor was killed, lost its worker or its lease, was cancelled or timed
+out) resumes from the last complete epoch: it takes over the metric points of the epochs it restored and reports
+only the epochs it trains. A heartbeat thread renews the run's lease, so the run survives the death of the worker that
 started it, and stops the process if the run was cancelled or taken over (a newer attempt).
 
 Every write is fenced by the attempt number: once the run moved on, nothing this process writes lands.
@@ -16,6 +21,7 @@ import faulthandler
 import logging
 import os
 import resource
+import shutil
 import signal
 import socket
 import subprocess
@@ -26,6 +32,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from backend import artifacts
 from backend.settings import Settings
 from db import crud
 from db.models import RunStatus
@@ -109,12 +116,22 @@ class DBCallback(Callback):
     def on_start(self, info: dict[str, Any]) -> None:
         self.device = info.get("device")
         self.main_metric = info.get("main_metric")
+        resumed = int(info.get("resumed_from_epoch") or 0)
+        # Restored epochs are whole epochs (early stopping ends a run, not an epoch), so this is the stored step.
+        self.step = resumed * int(info.get("steps_per_epoch") or 0)
         with session_scope(self.factory) as s:
             crud.set_run_info(session=s, run_id=self.run_id, attempt=self.attempt, values={
                 "device_used": info.get("device"), "trainable_params": info.get("trainable_params"),
                 "total_params": info.get("total_params"), "main_metric": info.get("main_metric"),
-                "total_steps": info.get("total_steps"), "step": 0,
+                "total_steps": info.get("total_steps"), "step": self.step, "resumed_from_epoch": resumed,
             })
+            # The restored epochs are not reported again: their points, written by an earlier attempt, become this
+            # attempt's, so its series (what the dashboard shows) is the whole history of the weights it trains.
+            moved = crud.carry_metric_points(session=s, run_id=self.run_id, attempt=self.attempt,
+                                             through_epoch=resumed)
+        if resumed:
+            self.on_log(f"resumed from the checkpoint of epoch {resumed} (step {self.step}); "
+                        f"{moved} metric points of epochs 1-{resumed} carried over from an earlier attempt")
 
     def on_progress(self, *, step: int, total_steps: int, epoch: int, loss: float) -> None:
         self.step = step
@@ -215,6 +232,7 @@ def main(argv: list[str] | None = None) -> int:
                         getattr(run, "status", None), getattr(run, "attempts", None))
             return 0
         config_dict = dict(run.config)
+        method_label = run.method_label
     from mefts_core.config import TrainConfig
     from mefts_core.training.trainer import run_training, versions
 
@@ -234,6 +252,11 @@ def main(argv: list[str] | None = None) -> int:
         # CPU jobs only: CUDA maps far more address space than it uses. Set after the imports above.
         limit = limit_address_space(settings.job_memory_limit_bytes)
         log.info("address space limited to %.2f GiB", limit / 2**30)
+    output_dir = artifacts.run_dir(settings.data_dir, run_id)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    resume = artifacts.has_checkpoint(output_dir)
+    log.info("run %d attempt %d: output in %s (%s)", run_id, attempt, output_dir,
+             "resuming from its checkpoint" if resume else "no checkpoint: from the start")
     cb = DBCallback(factory, run_id, attempt, settings.progress_interval_seconds)
     logging.getLogger().addHandler(LogToCallback(cb))
     config = None
@@ -242,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
             config_dict["threads"] = args.threads
         config_dict.pop("timeout_s", None)  # the service's limit, enforced by the dispatcher (worker/timeouts.py)
         config = TrainConfig.from_dict(config_dict)
-        result = run_training(config, [cb]).to_dict()
+        result = run_training(config, [cb], output_dir=output_dir, resume=resume).to_dict()
     except Exception as exc:  # every outcome is data: stored with the traceback, never a crash of the worker
         soft, hard = resource.getrlimit(resource.RLIMIT_AS)
         if soft != hard:
@@ -271,19 +294,45 @@ def main(argv: list[str] | None = None) -> int:
             })
         return 0
 
-    stop.set()
-    cb.flush()
     main_metric = result.get("main_metric")
     test, dev = result.get("test_metrics") or {}, result.get("dev_metrics") or {}
     score = test.get(main_metric, dev.get(main_metric))
+    stored = store_artifact(settings, run_id, method_label, output_dir, result, cb)
+    stop.set()  # after packing: the lease stays renewed while a large model is compressed
+    cb.flush()
     with session_scope(factory) as s:
         ok = crud.finish_run(session=s, run_id=run_id, attempt=attempt, status=RunStatus.succeeded, values={
             "result": result, "main_metric": main_metric, "score": score, "progress": 1.0, "pid": None,
             "trainable_params": result.get("trainable_params"), "total_params": result.get("total_params"),
-            "versions": result.get("versions"), "device_used": result.get("device"),
+            "versions": result.get("versions"), "device_used": result.get("device"), **stored,
         })
+    if ok:
+        # A succeeded run is never resumed (only failed and cancelled ones are retried): its checkpoint, with the
+        # optimizer state, is dead weight. Its model and the archive stay.
+        shutil.rmtree(output_dir / "checkpoint", ignore_errors=True)
     log.info("run %d attempt %d: %s", run_id, attempt, "succeeded" if ok else "finished, but the run moved on")
     return 0
+
+
+def store_artifact(settings: Settings, run_id: int, method_label: str, output_dir: Path, result: dict[str, Any],
+                   cb: DBCallback) -> dict[str, Any]:
+    """Pack the best model as `model.tar.gz`; the run's artifact columns. A failure to pack (a full disk) leaves the
+    run succeeded without an artifact (its scores stand; the weights are still in `model/`), said in its log."""
+    lib = result.get("artifact")
+    if isinstance(lib, dict) and lib.get("path"):
+        try:  # stored relative to the data directory, like artifact_path: the server's layout is not published
+            lib["path"] = artifacts.relative_to_data(settings.data_dir, Path(lib["path"]))
+        except ValueError:
+            pass
+    try:
+        packed = artifacts.pack_model(output_dir, top=artifacts.download_name(run_id, method_label)[: -len(".tar.gz")])
+    except OSError as e:
+        log.error("run %d: could not pack the model: %s", run_id, e)
+        cb.on_log(f"WARNING: the model could not be packed for download: {e}")
+        return {}
+    cb.on_log(f"model packed: {packed.bytes} bytes, sha256 {packed.sha256}")
+    return {"artifact_path": artifacts.relative_to_data(settings.data_dir, packed.path),
+            "artifact_bytes": packed.bytes, "artifact_sha256": packed.sha256}
 
 
 if __name__ == "__main__":
