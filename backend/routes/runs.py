@@ -121,7 +121,11 @@ def get_artifact(run_id: RunId, session: SessionDep, settings: SettingsDep) -> F
         else:
             why = f"it is {run.status}; a model is stored when a run succeeds"
         raise HTTPException(status_code=404, detail=f"run {run_id} has no trained model to download: {why}")
-    return FileResponse(path, media_type="application/gzip", filename=artifacts.download_name(run.id, run.method_label))
+    # The name is plain ASCII without quotes (download_name): a quoted filename= every client reads, where Starlette
+    # would send only filename*= for the parentheses of a label.
+    name = artifacts.download_name(run.id, run.method_label)
+    return FileResponse(path, media_type="application/gzip",
+                        headers={"Content-Disposition": f'attachment; filename="{name}"'})
 
 
 @router.post("/{run_id}/cancel", response_model=RunDetail)
