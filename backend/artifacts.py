@@ -26,12 +26,6 @@ def run_dir(data_dir: str | Path, run_id: int) -> Path:
     return Path(data_dir).expanduser().resolve() / RUNS_DIR / str(int(run_id))
 
 
-def has_checkpoint(output_dir: Path) -> bool:
-    """Whether an earlier attempt left a checkpoint to resume from (the library writes `checkpoint/` per epoch)."""
-    ckpt = output_dir / "checkpoint"
-    return ckpt.is_dir() and any(ckpt.iterdir())
-
-
 def download_name(run_id: int, method_label: str | None) -> str:
     """run-<id>-<method label>.tar.gz; characters a file name or a Content-Disposition header chokes on become _."""
     label = re.sub(r"[^A-Za-z0-9._+=()-]+", "_", method_label or "model").strip("._") or "model"

@@ -21,7 +21,6 @@ import faulthandler
 import logging
 import os
 import resource
-import shutil
 import signal
 import socket
 import subprocess
@@ -98,8 +97,9 @@ def memory_reached(device: str | None) -> tuple[int, str]:
 class DBCallback(Callback):
     """Writes what the training loop reports to the run's rows; progress and log lines at most every `interval`."""
 
-    def __init__(self, factory, run_id: int, attempt: int, interval: float) -> None:
+    def __init__(self, factory, run_id: int, attempt: int, interval: float, output_dir: Path | None = None) -> None:
         self.factory = factory
+        self.output_dir = output_dir
         self.run_id = run_id
         self.attempt = attempt
         self.interval = interval
@@ -117,21 +117,44 @@ class DBCallback(Callback):
         self.device = info.get("device")
         self.main_metric = info.get("main_metric")
         resumed = int(info.get("resumed_from_epoch") or 0)
+        per_epoch = int(info.get("steps_per_epoch") or 0)
         # Restored epochs are whole epochs (early stopping ends a run, not an epoch), so this is the stored step.
-        self.step = resumed * int(info.get("steps_per_epoch") or 0)
+        self.step = resumed * per_epoch
         with session_scope(self.factory) as s:
             crud.set_run_info(session=s, run_id=self.run_id, attempt=self.attempt, values={
                 "device_used": info.get("device"), "trainable_params": info.get("trainable_params"),
                 "total_params": info.get("total_params"), "main_metric": info.get("main_metric"),
                 "total_steps": info.get("total_steps"), "step": self.step, "resumed_from_epoch": resumed,
             })
+            if not resumed:
+                return
             # The restored epochs are not reported again: their points, written by an earlier attempt, become this
             # attempt's, so its series (what the dashboard shows) is the whole history of the weights it trains.
             moved = crud.carry_metric_points(session=s, run_id=self.run_id, attempt=self.attempt,
                                              through_epoch=resumed)
-        if resumed:
-            self.on_log(f"resumed from the checkpoint of epoch {resumed} (step {self.step}); "
-                        f"{moved} metric points of epochs 1-{resumed} carried over from an earlier attempt")
+            # The library checkpoints an epoch before reporting it: a process killed between the two left an epoch
+            # whose metrics never reached the database. The checkpoint's history has them; add_metric_points skips
+            # every one already stored, so only such a lost report is written.
+            restored = [p for record in self.restored_history(resumed)
+                        for p in epoch_points(int(record["epoch"]), int(record["epoch"]) * per_epoch, record)]
+            added = crud.add_metric_points(session=s, run_id=self.run_id, attempt=self.attempt, points=restored)
+        self.on_log(f"resumed from the checkpoint of epoch {resumed} (step {self.step}); {moved} metric points of "
+                    f"epochs 1-{resumed} carried over from an earlier attempt"
+                    + (f", {added} lost epoch metrics restored from the checkpoint" if added else ""))
+
+    def restored_history(self, through_epoch: int) -> list[dict[str, Any]]:
+        """The per-epoch records of the checkpoint this attempt resumed from (none when it cannot be read)."""
+        from mefts_core.training.checkpoint import find_checkpoint, read_state
+
+        folder = find_checkpoint(self.output_dir) if self.output_dir is not None else None
+        if folder is None:
+            return []
+        try:
+            history = read_state(folder)["history"]
+        except Exception as e:  # the library has read it already; a second reader must not fail the run
+            log.warning("could not read the checkpoint's history: %s", e)
+            return []
+        return [r for r in history if isinstance(r, dict) and 1 <= int(r.get("epoch", 0)) <= through_epoch]
 
     def on_progress(self, *, step: int, total_steps: int, epoch: int, loss: float) -> None:
         self.step = step
@@ -143,9 +166,7 @@ class DBCallback(Callback):
 
     def on_epoch_end(self, *, epoch: int, metrics: dict[str, float]) -> None:
         with self.lock:
-            for name, value in metrics.items():
-                if name != "epoch" and isinstance(value, int | float):
-                    self.points.append({"step": self.step, "epoch": epoch, "name": name, "value": float(value)})
+            self.points.extend(epoch_points(epoch, self.step, metrics))
         self.flush()
 
     def on_memory(self, report: dict[str, Any]) -> None:
@@ -173,6 +194,12 @@ class DBCallback(Callback):
                 crud.add_metric_points(session=s, run_id=self.run_id, attempt=self.attempt, points=points)
             if lines:
                 crud.append_log(session=s, run_id=self.run_id, lines=lines)
+
+
+def epoch_points(epoch: int, step: int, metrics: dict[str, Any]) -> list[dict[str, Any]]:
+    """The metric points of one epoch's record (train_loss, dev_*, lr, seconds), at the epoch's last step."""
+    return [{"step": step, "epoch": epoch, "name": name, "value": float(value)} for name, value in metrics.items()
+            if name != "epoch" and isinstance(value, int | float) and not isinstance(value, bool)]
 
 
 class LogToCallback(logging.Handler):
@@ -252,12 +279,16 @@ def main(argv: list[str] | None = None) -> int:
         # CPU jobs only: CUDA maps far more address space than it uses. Set after the imports above.
         limit = limit_address_space(settings.job_memory_limit_bytes)
         log.info("address space limited to %.2f GiB", limit / 2**30)
+    from mefts_core.training.checkpoint import find_checkpoint
+
     output_dir = artifacts.run_dir(settings.data_dir, run_id)
     output_dir.mkdir(parents=True, exist_ok=True)
-    resume = artifacts.has_checkpoint(output_dir)
+    # An earlier attempt of this run (killed, lost with its worker, past its lease, cancelled or timed out) left
+    # the checkpoint of its last complete epoch: this attempt continues from there.
+    resume = find_checkpoint(output_dir) is not None
     log.info("run %d attempt %d: output in %s (%s)", run_id, attempt, output_dir,
              "resuming from its checkpoint" if resume else "no checkpoint: from the start")
-    cb = DBCallback(factory, run_id, attempt, settings.progress_interval_seconds)
+    cb = DBCallback(factory, run_id, attempt, settings.progress_interval_seconds, output_dir)
     logging.getLogger().addHandler(LogToCallback(cb))
     config = None
     try:
@@ -306,10 +337,8 @@ def main(argv: list[str] | None = None) -> int:
             "trainable_params": result.get("trainable_params"), "total_params": result.get("total_params"),
             "versions": result.get("versions"), "device_used": result.get("device"), **stored,
         })
-    if ok:
-        # A succeeded run is never resumed (only failed and cancelled ones are retried): its checkpoint, with the
-        # optimizer state, is dead weight. Its model and the archive stay.
-        shutil.rmtree(output_dir / "checkpoint", ignore_errors=True)
+    # The library removed the checkpoint when the run ended (a succeeded run is never resumed); model/ and the
+    # archive stay.
     log.info("run %d attempt %d: %s", run_id, attempt, "succeeded" if ok else "finished, but the run moved on")
     return 0
 
