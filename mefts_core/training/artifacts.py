@@ -116,12 +116,27 @@ def replaced_folder(target: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    _usual_modes(tmp)
     old = target.parent / f".{target.name}-old"
     shutil.rmtree(old, ignore_errors=True)
     if target.exists():
         os.replace(target, old)
     os.replace(tmp, target)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def _usual_modes(folder: Path) -> None:
+    """Modes as the umask makes them: mkdtemp makes the folder 0700 and safetensors its files 0600, which would
+    keep a service running as another user of the same group from serving the artifact."""
+    mask = 0o022
+    try:
+        status = Path("/proc/self/status").read_text()
+        mask = next(int(line.split()[1], 8) for line in status.splitlines() if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError):
+        pass
+    folder.chmod(0o777 & ~mask)
+    for p in folder.rglob("*"):
+        p.chmod((0o777 if p.is_dir() else 0o666) & ~mask)
 
 
 def complete_folder(target: Path, marker: str) -> Path | None:
