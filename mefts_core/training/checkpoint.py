@@ -72,20 +72,26 @@ def capture_rng(data_order: torch.Generator, stacks: list) -> tuple[dict[str, An
 
 
 def restore_rng(ckpt: Checkpoint, data_order: torch.Generator, stacks: list) -> None:
-    """Put every RNG back where the checkpoint's run left it."""
+    """Put every RNG back where the checkpoint's run left it (ArtifactError naming the file at fault)."""
     rng, plain = ckpt.rng, ckpt.state["rng"]
-    calls = plain["meft_calls"]
+    try:
+        torch.set_rng_state(rng["torch"])
+        data_order.set_state(rng["data_order"])
+        if torch.cuda.is_available() and len(rng["cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+    except (RuntimeError, TypeError, ValueError) as e:
+        raise ArtifactError(ckpt.path / RNG, "rng", MISSING, f"not a usable RNG state ({e})") from e
+    try:
+        calls = [int(c) for c in plain["meft_calls"]]
+        version, internal, gauss = plain["python"]
+        random.setstate((version, tuple(internal), gauss))
+        kind, keys, pos, has_gauss, cached = plain["numpy"]
+        np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    except (KeyError, TypeError, ValueError) as e:
+        raise ArtifactError(ckpt.path / STATE, "rng", MISSING, f"not a usable RNG state ({e})") from e
     if len(calls) != len(stacks):
         raise ArtifactError(ckpt.path / STATE, ("rng", "meft_calls"), calls,
                             f"the model has {len(stacks)} reversible stacks")
-    torch.set_rng_state(rng["torch"])
-    data_order.set_state(rng["data_order"])
-    if torch.cuda.is_available() and len(rng["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(rng["cuda"])
-    version, internal, gauss = plain["python"]
-    random.setstate((version, tuple(internal), gauss))
-    kind, keys, pos, has_gauss, cached = plain["numpy"]
-    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
     for stack, c in zip(stacks, calls):
         stack.calls = c
 

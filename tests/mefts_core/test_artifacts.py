@@ -175,6 +175,27 @@ def test_meft_eval_forward_keeps_nothing_and_matches_the_training_evaluation(tmp
     assert predict(tmp_path, split="test").metrics == result.test_metrics
 
 
+@pytest.mark.parametrize("backbone, task", [("tiny-bert", "arc_easy"), ("tiny-llama", "sciq")])
+def test_multiple_choice_artifacts_choose_option_indices(backbone, task, tmp_path):
+    """QA: an encoder's multiple-choice head, and a decoder scoring options by likelihood; rows of the task's own
+    layout in a file are read by the task's converter."""
+    config = TrainConfig(backbone=backbone, method="meft1", task=task, epochs=1, batch_size=4, max_seq_len=48,
+                         max_train_samples=8, max_eval_samples=8, measure_memory=False, threads=1)
+    result = run_training(config, output_dir=tmp_path)
+    manifest = json.loads((tmp_path / "model" / MANIFEST).read_text())
+    assert manifest["head"] == ("causal_lm" if backbone == "tiny-llama" else "multiple_choice")
+    assert manifest["scoring"] == ("likelihood" if backbone == "tiny-llama" else "head")
+    preds = predict(tmp_path, split="test")
+    assert preds.metrics == result.test_metrics
+    assert all(isinstance(r["prediction"], int) and 0 < r["score"] <= 1 for r in preds.rows)
+    if task == "sciq":
+        row = {"question": "What do plants take in?", "correct_answer": "carbon dioxide", "distractor1": "gold",
+               "distractor2": "sand", "distractor3": "salt", "support": ""}
+        (tmp_path / "q.jsonl").write_text(json.dumps(row) + "\n")
+        one = predict(tmp_path, input_path=tmp_path / "q.jsonl")
+        assert len(one.rows) == 1 and one.rows[0]["prediction"] in range(4) and "label" in one.rows[0]
+
+
 @pytest.mark.slow
 def test_meft1_artifact_of_bert_base_shape_is_small_and_full_is_not(tmp_path):
     """MEFT1 on BERT-base: adapters, gates and the head, under 5 MB with the tokenizer; full FT: every weight."""
