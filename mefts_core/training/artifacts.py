@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from mefts_core.errors import MISSING, ArtifactError, ConfigError
+from mefts_core.errors import MISSING, ArtifactError, ConfigError, is_int
 
 log = logging.getLogger(__name__)
 
@@ -271,7 +271,29 @@ def read_manifest(path: Path | str) -> dict[str, Any]:
     for key in MANIFEST_KEYS:
         if key not in manifest:
             raise ArtifactError(file, key, MISSING, "required in the manifest")
+    _check_kinds(manifest, file)
     return manifest
+
+
+def _check_kinds(manifest: dict[str, Any], file: Path) -> None:
+    """The fields loading reads must have their kind (a hand-edited manifest fails here, naming the field)."""
+    from mefts_core.backbones import HEADS
+    from mefts_core.tasks.base import PROBLEMS
+
+    for key in ("backbone", "task", "config", "tensors"):
+        if not isinstance(manifest[key], dict):
+            raise ArtifactError(file, key, manifest[key], "must be an object")
+    if not isinstance(manifest["backbone"].get("name"), str):
+        raise ArtifactError(file, ("backbone", "name"), manifest["backbone"].get("name", MISSING), "must be a name")
+    checks = (("head", manifest["head"] in HEADS, f"must be one of {', '.join(HEADS)}"),
+              ("problem", manifest["problem"] in PROBLEMS, f"must be one of {', '.join(PROBLEMS)}"),
+              ("num_labels", is_int(manifest["num_labels"]) and manifest["num_labels"] >= 1, "must be an integer >= 1"),
+              ("max_seq_len", is_int(manifest["max_seq_len"]) and manifest["max_seq_len"] >= 1,
+               "must be an integer >= 1"),
+              ("scoring", manifest["scoring"] in ("head", "likelihood"), "must be 'head' or 'likelihood'"))
+    for key, ok, reason in checks:
+        if not ok:
+            raise ArtifactError(file, key, manifest[key], reason)
 
 
 def _typed_options(manifest: dict[str, Any], file: Path) -> Any:
@@ -314,15 +336,13 @@ def load_artifact(path: Path | str, device: str | torch.device = "cpu") -> Artif
     file = folder / MANIFEST
     options = _typed_options(manifest, file)
     backbone = manifest["backbone"]
-    if not isinstance(backbone, dict) or not isinstance(backbone.get("name"), str):
-        raise ArtifactError(file, "backbone", backbone, "must be an object with a name")
     _check_backbone_files(backbone, file)
     try:
         model, _, fingerprint = build_model(
             backbone["name"], head=manifest["head"], num_labels=manifest["num_labels"],
             seed=backbone.get("seed", manifest["config"].get("seed", 0)), method=manifest["method"],
             options=options, task_name=manifest["task"].get("name", "?"))
-    except (ConfigError, OSError) as e:
+    except (ValueError, OSError) as e:  # ConfigError included: a backbone name this machine does not have
         raise ArtifactError(file, "backbone", backbone["name"], f"cannot be rebuilt ({e})") from e
     if fingerprint != backbone.get("weights_fingerprint"):
         raise ArtifactError(file, ("backbone", "weights_fingerprint"), backbone.get("weights_fingerprint"),

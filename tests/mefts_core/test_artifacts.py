@@ -257,7 +257,10 @@ def test_bad_manifests_name_the_file_and_the_problem(tiny_artifact, tmp_path):
                              ({"method_options": {"rank": 4}}, r"method_options.rank=4: option does not belong"),
                              ({"method_options": {"r": 0}}, r"method_options.r=0: must be an integer >= 1"),
                              ({"format_version": 99}, r"format_version=99: this mefts reads version 1"),
-                             ({"format": "other"}, r"format='other': not a mefts artifact manifest")):
+                             ({"format": "other"}, r"format='other': not a mefts artifact manifest"),
+                             ({"head": "lm"}, r"head='lm': must be one of base, seq_cls"),
+                             ({"backbone": {"name": "no-such-net"}}, r"backbone='no-such-net': cannot be rebuilt "
+                                                                     r"\(backbone='no-such-net': unknown backbone")):
         art = _copy(tiny_artifact, tmp_path / f"m{len(list(tmp_path.iterdir()))}")
         _edit_manifest(art, **changes)
         with pytest.raises(ArtifactError, match=message + r".*\(in .*/mefts.json\)"):
