@@ -263,7 +263,7 @@ def test_bad_manifests_name_the_file_and_the_problem(tiny_artifact, tmp_path):
                                                                      r"\(backbone='no-such-net': unknown backbone")):
         art = _copy(tiny_artifact, tmp_path / f"m{len(list(tmp_path.iterdir()))}")
         _edit_manifest(art, **changes)
-        with pytest.raises(ArtifactError, match=message + r".*\(in .*/mefts.json\)"):
+        with pytest.raises(ArtifactError, match="^" + message + r".*\(in .*/mefts.json\)"):
             load_finetuned(art)
     art = _copy(tiny_artifact, tmp_path / "no_head")
     manifest = json.loads((art / MANIFEST).read_text())
