@@ -261,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
         config_dict = dict(run.config)
         method_label = run.method_label
     from mefts_core.config import TrainConfig
-    from mefts_core.training.trainer import run_training, versions
+    from mefts_core.training.trainer import versions
 
     with session_scope(factory) as s:
         crud.set_run_info(session=s, run_id=run_id, attempt=attempt, values={
@@ -296,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
             config_dict["threads"] = args.threads
         config_dict.pop("timeout_s", None)  # the service's limit, enforced by the dispatcher (worker/timeouts.py)
         config = TrainConfig.from_dict(config_dict)
-        result = run_training(config, [cb], output_dir=output_dir, resume=resume).to_dict()
+        result = train(config, cb, output_dir, resume).to_dict()
     except Exception as exc:  # every outcome is data: stored with the traceback, never a crash of the worker
         soft, hard = resource.getrlimit(resource.RLIMIT_AS)
         if soft != hard:
@@ -341,6 +341,25 @@ def main(argv: list[str] | None = None) -> int:
     # archive stay.
     log.info("run %d attempt %d: %s", run_id, attempt, "succeeded" if ok else "finished, but the run moved on")
     return 0
+
+
+def train(config, cb: DBCallback, output_dir: Path, resume: bool):
+    """run_training in the run's folder, resuming from its checkpoint. A checkpoint that cannot be used (written by
+    another mefts version, damaged on disk) is removed and the run starts afresh: otherwise every retry would fail
+    on it. The library reads it before the run's first callback, so nothing was reported from it."""
+    from mefts_core.errors import ArtifactError
+    from mefts_core.training.checkpoint import remove_checkpoint
+    from mefts_core.training.trainer import run_training
+
+    try:
+        return run_training(config, [cb], output_dir=output_dir, resume=resume)
+    except ArtifactError as e:
+        if not resume or not Path(e.file).resolve().is_relative_to(output_dir.resolve()):
+            raise
+        log.warning("run %d: unusable checkpoint, starting afresh: %s", cb.run_id, e)
+        cb.on_log(f"WARNING: the checkpoint could not be resumed from ({e}); starting afresh")
+    remove_checkpoint(output_dir)
+    return run_training(config, [cb], output_dir=output_dir, resume=False)
 
 
 def store_artifact(settings: Settings, run_id: int, method_label: str, output_dir: Path, result: dict[str, Any],

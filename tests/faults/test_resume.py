@@ -102,3 +102,19 @@ def test_a_job_killed_in_epoch_2_resumes_from_epoch_1_and_ends_as_if_never_stopp
     assert strip(resumed["result"]["epoch_metrics"]) == strip(plain["result"]["epoch_metrics"])
     assert [p["value"] for p in series["step_loss"]] == [p["value"] for p in _series(server, twin)["step_loss"]]
     assert _weights(server, resumed) == _weights(server, plain)
+
+
+def test_an_unusable_checkpoint_is_dropped_and_the_run_starts_afresh(make_server, tmp_path):
+    """A checkpoint another mefts version wrote (or a damaged one) would fail every retry: the job drops it."""
+    stale = tmp_path / "data" / "runs" / "1" / "checkpoint"
+    stale.mkdir(parents=True)
+    (stale / "state.json").write_text('{"version": 99}\n')
+    server = make_server(worker=True)
+    body = {**RUN, "hyperparameters": {**RUN["hyperparameters"], "epochs": 1, "max_train_samples": 16}}
+    rid = server.post("/api/runs", body).json()["id"]
+    assert rid == 1
+    run = _finished(server, rid)
+    assert run["status"] == "succeeded", (run["error"], run["traceback"])
+    assert run["attempts"] == 1 and run["resumed_from_epoch"] == 0 and run["artifact_bytes"] > 0
+    assert "the checkpoint could not be resumed from" in run["log_tail"] and "version" in run["log_tail"]
+    assert not stale.exists()  # the library removes the checkpoint of a finished run
