@@ -89,6 +89,48 @@ def cmd_ray_node(args: argparse.Namespace) -> int:
     return 0  # not reached
 
 
+def export_artifact(settings, run_id: int | None, output: str | None) -> int:
+    """Copy a run's model archive (what GET /api/runs/{id}/artifact sends) to `output`, checking its sha256."""
+    import contextlib
+    import hashlib
+
+    from backend import artifacts
+    from db import crud
+    from db.session import make_engine, make_sessionmaker, session_scope
+
+    if run_id is None:
+        log.error("mefts export --artifact: give the run with --run ID")
+        return 2
+    with session_scope(make_sessionmaker(make_engine(settings.db_url))) as s:
+        run = crud.get_run(session=s, run_id=run_id)
+        if run is None:
+            log.error("run %d does not exist", run_id)
+            return 1
+        stored, sha256, label = run.artifact_path, run.artifact_sha256, run.method_label
+    src = artifacts.artifact_file(settings.data_dir, stored)
+    if src is None:
+        log.error("run %d has no trained model to export%s", run_id,
+                  ": its file is missing from the data directory" if stored else "")
+        return 1
+    digest = hashlib.sha256()
+    target = output or artifacts.download_name(run_id, label)
+    sink = contextlib.nullcontext(sys.stdout.buffer) if target == "-" else open(target, "wb")  # stdout stays open
+    with open(src, "rb") as fin, sink as fout:
+        for chunk in iter(lambda: fin.read(1 << 20), b""):
+            digest.update(chunk)
+            fout.write(chunk)
+        fout.flush()
+    if sha256 and digest.hexdigest() != sha256:
+        if target != "-":
+            Path(target).unlink(missing_ok=True)
+        log.error("run %d: the model file's sha256 is %s, the run recorded %s: the file changed on disk", run_id,
+                  digest.hexdigest(), sha256)
+        return 1
+    if target != "-":
+        log.info("wrote run %d's model (%d bytes, sha256 %s) to %s", run_id, src.stat().st_size, sha256, target)
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from backend import tables
     from backend.routes.results import results_rows, runs_rows
@@ -96,6 +138,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     upgrade_database(settings.db_url)
+    if args.artifact:
+        return export_artifact(settings, args.run, args.output)
     fmt = args.format or (Path(args.output).suffix.lstrip(".") if args.output else "csv")
     if fmt not in tables.FORMATS or (args.what == "runs" and fmt not in ("csv", "json")):
         log.error("format %r is not available for %s", fmt, args.what)
@@ -171,8 +215,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("ray_args", nargs="*", help="further `ray start` options, after --")
     p.set_defaults(func=cmd_ray_node)
 
-    p = sub.add_parser("export", help="write the results or runs table")
+    p = sub.add_parser("export", help="write the results or runs table, or a run's trained model (--artifact)")
     p.add_argument("--what", choices=["results", "runs"], default="results")
+    p.add_argument("--artifact", action="store_true",
+                   help="write the trained model of --run as a tar.gz (default file: run-<id>-<method>.tar.gz)")
+    p.add_argument("--run", type=int, help="--artifact: the run's id")
     p.add_argument("--format", choices=["csv", "json", "md", "tex"], help="default: from --output's suffix, or csv")
     p.add_argument("--output", "-o", help="file to write (default: stdout)")
     p.add_argument("--sweep", type=int, help="only this sweep's runs")

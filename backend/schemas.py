@@ -162,6 +162,12 @@ class RunSummary(BaseModel):
     worker_id: str | None
     pid: int | None
     device_used: str | None
+    resumed_from_epoch: int | None = Field(
+        default=None, description="the epoch the current attempt resumed from (its checkpoint's); 0: from the start")
+    artifact_bytes: int | None = Field(default=None, description="size of the trained model's tar.gz")
+    artifact_sha256: str | None = Field(default=None, description="sha256 of the trained model's tar.gz")
+    artifact_url: str | None = Field(
+        default=None, description="where to download the trained model (best dev epoch) as a tar.gz; null without one")
 
 
 class RunList(BaseModel):
@@ -259,12 +265,25 @@ class QueuedRunOut(BaseModel):
     reason: str
 
 
+class RunDiskOut(BaseModel):
+    run_id: int
+    bytes: int
+
+
+class RunsDiskOut(BaseModel):
+    """Disk use of the runs folder (checkpoints, models and their archives) in the data directory."""
+
+    total_bytes: int
+    runs: list[RunDiskOut] = Field(description="the largest runs' folders, largest first")
+
+
 class SystemOut(BaseModel):
     server_time: Timestamp
     devices: list[dict[str, Any]]
     workers: list[WorkerOut]
     queue: dict[str, int]
     queued: list[QueuedRunOut]
+    runs_disk: RunsDiskOut
 
 
 class Health(BaseModel):

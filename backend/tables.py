@@ -26,7 +26,7 @@ RUN_BASE_COLUMNS = (
     "id", "name", "sweep_id", "cloned_from", "status", "attempts", "max_attempts", "created_at", "started_at",
     "finished_at", "duration_seconds", "worker_id", "device_used", "git_revision", "method_label", "main_metric",
     "score", "dev_score", "best_epoch", "stopped_early", "learning_rate_used", "wall_seconds", "trainable_params",
-    "total_params", "split", "error",
+    "total_params", "split", "error", "resumed_from_epoch", "artifact_bytes", "artifact_sha256",
 )
 # Config keys that do not define *what* was run: runs differing only in these are seeds of one configuration.
 NON_DEFINING_KEYS = ("seed", "threads", "device")
@@ -70,6 +70,8 @@ def run_row(run: Run, memory: MemoryReportRow | None) -> Row:
         "stopped_early": result.get("stopped_early"), "learning_rate_used": result.get("learning_rate"),
         "wall_seconds": result.get("wall_seconds"), "trainable_params": run.trainable_params,
         "total_params": run.total_params, "split": result.get("split"), "error": run.error,
+        "resumed_from_epoch": run.resumed_from_epoch, "artifact_bytes": run.artifact_bytes,
+        "artifact_sha256": run.artifact_sha256,
     }
     flatten("", run.config or {}, row)
     for split in ("dev", "test"):

@@ -9,6 +9,11 @@ from backend.schemas import MemoryReportOut, MetricPointOut, RunDetail, RunSumma
 from db.models import MEMORY_FIELDS, MemoryReportRow, MetricPoint, Run
 
 
+def artifact_url(run: Run) -> str | None:
+    """The download route of the run's model, when the run stored one."""
+    return f"/api/runs/{run.id}/artifact" if run.artifact_path else None
+
+
 def duration_seconds(run: Run) -> float | None:
     if run.started_at is None:
         return None
@@ -30,6 +35,8 @@ def _summary_fields(run: Run) -> dict[str, Any]:
         main_metric=run.main_metric, score=run.score,
         stored_activation_bytes=run.stored_activation_bytes, peak_bytes=run.peak_bytes,
         error=run.error, worker_id=run.worker_id, pid=run.pid, device_used=run.device_used,
+        resumed_from_epoch=run.resumed_from_epoch, artifact_bytes=run.artifact_bytes,
+        artifact_sha256=run.artifact_sha256, artifact_url=artifact_url(run),
     )
 
 

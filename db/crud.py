@@ -252,7 +252,8 @@ def claim_next_run(
             cancel_requested=False, started_at=now, lease_expires_at=now + dt.timedelta(seconds=lease_seconds),
             progress=0.0, updated_at=now,
             # what a previous attempt left: cleared, so the new attempt starts from nothing
-            **dict.fromkeys(("pid", "finished_at", "step", "total_steps", "epoch", "loss", "error", "traceback")),
+            **dict.fromkeys(("pid", "finished_at", "step", "total_steps", "epoch", "loss", "error", "traceback",
+                             "resumed_from_epoch")),
         )
         .returning(Run.id)
         .execution_options(synchronize_session=False)
@@ -366,15 +367,65 @@ def update_progress(
 
 
 def add_metric_points(*, session: Session, run_id: int, attempt: int, points: Iterable[dict[str, Any]]) -> int:
-    """Insert metric points ({step, epoch, name, value}) of one attempt. Returns how many."""
-    rows = [
-        MetricPoint(run_id=run_id, attempt=attempt, step=p.get("step"), epoch=p.get("epoch"), name=p["name"],
-                    value=float(p["value"]))
-        for p in points
-    ]
+    """Insert metric points ({step, epoch, name, value}) of one attempt, skipping any (name, step, epoch) the attempt
+    already has. Returns how many were inserted.
+
+    The skip keeps a series single-valued when a point arrives twice: a flush retried after a failed commit, or a
+    resumed attempt reporting a step it carried over (carry_metric_points).
+    """
+    points = list(points)
+    if not points:
+        return 0
+    steps = [p.get("step") for p in points]
+    existing = select(MetricPoint.name, MetricPoint.step, MetricPoint.epoch).where(
+        MetricPoint.run_id == run_id, MetricPoint.attempt == attempt,
+        MetricPoint.name.in_({p["name"] for p in points}),
+    )
+    if None not in steps:  # served by ix_metric_points_run (run_id, attempt, name, step)
+        existing = existing.where(MetricPoint.step >= min(steps))
+    seen = {tuple(row) for row in session.execute(existing)}
+    rows = []
+    for p in points:
+        key = (p["name"], p.get("step"), p.get("epoch"))
+        if key in seen:
+            continue
+        seen.add(key)
+        rows.append(MetricPoint(run_id=run_id, attempt=attempt, step=key[1], epoch=key[2], name=key[0],
+                                value=float(p["value"])))
     session.add_all(rows)
     session.commit()
     return len(rows)
+
+
+def carry_metric_points(*, session: Session, run_id: int, attempt: int, through_epoch: int) -> int:
+    """Move the points of epochs 1..`through_epoch` to `attempt`, which resumed from that epoch's checkpoint and
+    does not report those epochs again. Fenced. Returns how many points moved.
+
+    They come from the newest earlier attempt that has any: that is the attempt whose weights the checkpoint holds
+    (or one that resumed from the same checkpoint and already carried them), so older attempts' copies of those
+    epochs (from before a restart from scratch) stay where they are and nothing is counted twice. Points of later
+    epochs stay with the attempt that wrote them: the resumed attempt trains those epochs again.
+    """
+    if through_epoch < 1:
+        return 0
+    owned = session.scalar(select(Run.id).where(_fenced(run_id, attempt)))
+    if owned is None:
+        return 0
+    source = session.scalar(
+        select(func.max(MetricPoint.attempt)).where(
+            MetricPoint.run_id == run_id, MetricPoint.attempt < attempt, MetricPoint.epoch <= through_epoch
+        )
+    )
+    if source is None:
+        return 0
+    res = session.execute(
+        update(MetricPoint)
+        .where(MetricPoint.run_id == run_id, MetricPoint.attempt == source, MetricPoint.epoch <= through_epoch)
+        .values(attempt=attempt)
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    return res.rowcount
 
 
 def memory_report_columns(report: dict[str, Any]) -> dict[str, Any]:

@@ -125,6 +125,13 @@ class Run(Base):
     git_revision: Mapped[str | None] = mapped_column(String(64))
     versions: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     device_used: Mapped[str | None] = mapped_column(String(200))
+    # The best-dev model of a succeeded run, packed as a tar.gz (backend/artifacts.py). The path is relative to the
+    # data directory, so the folder can move; bytes and sha256 are the tar.gz's, for the download to be checked.
+    artifact_path: Mapped[str | None] = mapped_column(String(500))
+    artifact_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    artifact_sha256: Mapped[str | None] = mapped_column(String(64))
+    # The last epoch the current attempt restored from its run's checkpoint (0: it started afresh).
+    resumed_from_epoch: Mapped[int | None] = mapped_column(Integer)
 
     sweep: Mapped[Sweep | None] = relationship(back_populates="runs")
     metrics: Mapped[list[MetricPoint]] = relationship(

@@ -48,6 +48,14 @@ def is_number(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
 
 
+class ArtifactError(ConfigError):
+    """A saved artifact or checkpoint that cannot be used: `file` is the file at fault, and the message names it."""
+
+    def __init__(self, file: Any, field: str | tuple[str | int, ...], value: Any, reason: str) -> None:
+        self.file = str(file)
+        super().__init__(field, value, f"{reason} (in {self.file})")
+
+
 class Unsupported(ConfigError, NotImplementedError):
     """A valid field value that a component cannot handle (e.g. the estimator and a family without a layer walk)."""
 

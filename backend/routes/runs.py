@@ -1,14 +1,14 @@
-"""Runs: queue, list (filter, sort, paginate), detail, metrics, log, cancel, retry, clone."""
+"""Runs: queue, list (filter, sort, paginate), detail, metrics, log, trained model, cancel, retry, clone."""
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path, Query, Request, status
-from fastapi.responses import PlainTextResponse
+from fastapi.responses import FileResponse, PlainTextResponse
 from sqlalchemy.orm import Session
 
-from backend import runspec
+from backend import artifacts, runspec
 from backend.deps import FiltersDep, SessionDep, SettingsDep, wake_worker
 from backend.schemas import INT32_MAX, INT32_MIN, MetricSeries, RunCreate, RunDetail, RunEdits, RunList
 from backend.views import metric_series, run_detail, run_summary
@@ -100,6 +100,32 @@ def get_log(run_id: RunId, session: SessionDep, settings: SettingsDep) -> str:
     run = _get(session, run_id)
     path = settings.log_dir / f"run-{run_id}.log"
     return path.read_text(errors="replace") if path.exists() else (run.log_tail or "")
+
+
+# The download's answer as the OpenAPI document states it.
+ARTIFACT = {200: {"description": "the trained model as a tar.gz", "content": {"application/gzip": {}}},
+            404: {"description": "no such run, or the run has no trained model (yet)"}}
+
+
+@router.get("/{run_id}/artifact", response_model=None, response_class=FileResponse, responses=ARTIFACT)
+def get_artifact(run_id: RunId, session: SessionDep, settings: SettingsDep) -> FileResponse:
+    """The run's trained model (its best dev epoch) as run-<id>-<method label>.tar.gz: one folder that
+    `mefts_core.load_finetuned` reads. Its size and sha256 are the run's artifact_bytes and artifact_sha256."""
+    run = _get(session, run_id)
+    path = artifacts.artifact_file(settings.data_dir, run.artifact_path)
+    if path is None:
+        if run.artifact_path:
+            why = "its model file is missing from the data directory"
+        elif run.status == "succeeded":
+            why = "it succeeded without storing one (before models were kept, or packing failed: see its log)"
+        else:
+            why = f"it is {run.status}; a model is stored when a run succeeds"
+        raise HTTPException(status_code=404, detail=f"run {run_id} has no trained model to download: {why}")
+    # The name is plain ASCII without quotes (download_name): a quoted filename= every client reads, where Starlette
+    # would send only filename*= for the parentheses of a label.
+    name = artifacts.download_name(run.id, run.method_label)
+    return FileResponse(path, media_type="application/gzip",
+                        headers={"Content-Disposition": f'attachment; filename="{name}"'})
 
 
 @router.post("/{run_id}/cancel", response_model=RunDetail)

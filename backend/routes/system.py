@@ -12,7 +12,7 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
-from backend import runspec
+from backend import artifacts, runspec
 from backend.deps import SessionDep, SettingsDep
 from backend.schemas import (
     INT32_MAX,
@@ -22,6 +22,7 @@ from backend.schemas import (
     LabelOut,
     LabelRequest,
     QueuedRunOut,
+    RunsDiskOut,
     SystemOut,
     WorkerOut,
     parse_utc,
@@ -115,7 +116,7 @@ def queue_reasons(runs: list[Run], workers: list[WorkerOut], running: int) -> li
 
 @router.get("/system", response_model=SystemOut)
 def system(session: SessionDep, settings: SettingsDep) -> SystemOut:
-    """Devices, workers with their heartbeat, queue counts, and why queued runs wait."""
+    """Devices, workers with their heartbeat, queue counts, why queued runs wait, and the runs folder's disk use."""
     now = utcnow()
     stale = dt.timedelta(seconds=max(3 * settings.heartbeat_seconds, 10.0))
     workers = []
@@ -131,7 +132,8 @@ def system(session: SessionDep, settings: SettingsDep) -> SystemOut:
         ))
     counts = crud.status_counts(session=session)
     queued = queue_reasons(crud.queued_runs(session=session, limit=100), workers, counts[RunStatus.running])
-    return SystemOut(server_time=now, devices=_devices(), workers=workers, queue=counts, queued=queued)
+    return SystemOut(server_time=now, devices=_devices(), workers=workers, queue=counts, queued=queued,
+                     runs_disk=RunsDiskOut(**artifacts.disk_usage(settings.data_dir)))
 
 
 def _changed_since(factory, since: dt.datetime, ids: list[int] | None) -> list[tuple[Run, dict[str, Any]]]:

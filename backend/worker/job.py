@@ -2,8 +2,13 @@
 
 It loads the run's config from the database, calls `mefts_core.training.trainer.run_training` with a callback that writes
 progress, metric points, the memory report and log lines (throttled), and stores the verdict:
-succeeded (result), does_not_fit (out of memory: "does not fit at batch B, seq T" and the memory reached) or failed
-(error and traceback). A heartbeat thread renews the run's lease, so the run survives the death of the worker that
+succeeded (result, and the best model packed as a tar.gz: its path, size and sha256), does_not_fit (out of memory:
+"does not fit at batch B, seq T" and the memory reached) or failed (error and traceback).
+
+The run trains in `<data dir>/runs/<run id>/` (backend/artifacts.py). The library keeps a checkpoint there after every
+epoch, so an attempt that finds one (its predecessor was killed, lost its worker or its lease, was cancelled or timed
+out) resumes from the last complete epoch: it takes over the metric points of the epochs it restored and reports
+only the epochs it trains. A heartbeat thread renews the run's lease, so the run survives the death of the worker that
 started it, and stops the process if the run was cancelled or taken over (a newer attempt).
 
 Every write is fenced by the attempt number: once the run moved on, nothing this process writes lands.
@@ -26,6 +31,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from backend import artifacts
 from backend.settings import Settings
 from db import crud
 from db.models import RunStatus
@@ -91,8 +97,9 @@ def memory_reached(device: str | None) -> tuple[int, str]:
 class DBCallback(Callback):
     """Writes what the training loop reports to the run's rows; progress and log lines at most every `interval`."""
 
-    def __init__(self, factory, run_id: int, attempt: int, interval: float) -> None:
+    def __init__(self, factory, run_id: int, attempt: int, interval: float, output_dir: Path | None = None) -> None:
         self.factory = factory
+        self.output_dir = output_dir
         self.run_id = run_id
         self.attempt = attempt
         self.interval = interval
@@ -109,12 +116,45 @@ class DBCallback(Callback):
     def on_start(self, info: dict[str, Any]) -> None:
         self.device = info.get("device")
         self.main_metric = info.get("main_metric")
+        resumed = int(info.get("resumed_from_epoch") or 0)
+        per_epoch = int(info.get("steps_per_epoch") or 0)
+        # Restored epochs are whole epochs (early stopping ends a run, not an epoch), so this is the stored step.
+        self.step = resumed * per_epoch
         with session_scope(self.factory) as s:
             crud.set_run_info(session=s, run_id=self.run_id, attempt=self.attempt, values={
                 "device_used": info.get("device"), "trainable_params": info.get("trainable_params"),
                 "total_params": info.get("total_params"), "main_metric": info.get("main_metric"),
-                "total_steps": info.get("total_steps"), "step": 0,
+                "total_steps": info.get("total_steps"), "step": self.step, "resumed_from_epoch": resumed,
             })
+            if not resumed:
+                return
+            # The restored epochs are not reported again: their points, written by an earlier attempt, become this
+            # attempt's, so its series (what the dashboard shows) is the whole history of the weights it trains.
+            moved = crud.carry_metric_points(session=s, run_id=self.run_id, attempt=self.attempt,
+                                             through_epoch=resumed)
+            # The library checkpoints an epoch before reporting it: a process killed between the two left an epoch
+            # whose metrics never reached the database. The checkpoint's history has them; add_metric_points skips
+            # every one already stored, so only such a lost report is written.
+            restored = [p for record in self.restored_history(resumed)
+                        for p in epoch_points(int(record["epoch"]), int(record["epoch"]) * per_epoch, record)]
+            added = crud.add_metric_points(session=s, run_id=self.run_id, attempt=self.attempt, points=restored)
+        self.on_log(f"resumed from the checkpoint of epoch {resumed} (step {self.step}); {moved} metric points of "
+                    f"epochs 1-{resumed} carried over from an earlier attempt"
+                    + (f", {added} lost epoch metrics restored from the checkpoint" if added else ""))
+
+    def restored_history(self, through_epoch: int) -> list[dict[str, Any]]:
+        """The per-epoch records of the checkpoint this attempt resumed from (none when it cannot be read)."""
+        from mefts_core.training.checkpoint import find_checkpoint, read_state
+
+        folder = find_checkpoint(self.output_dir) if self.output_dir is not None else None
+        if folder is None:
+            return []
+        try:
+            history = read_state(folder)["history"]
+        except Exception as e:  # the library has read it already; a second reader must not fail the run
+            log.warning("could not read the checkpoint's history: %s", e)
+            return []
+        return [r for r in history if isinstance(r, dict) and 1 <= int(r.get("epoch", 0)) <= through_epoch]
 
     def on_progress(self, *, step: int, total_steps: int, epoch: int, loss: float) -> None:
         self.step = step
@@ -126,9 +166,7 @@ class DBCallback(Callback):
 
     def on_epoch_end(self, *, epoch: int, metrics: dict[str, float]) -> None:
         with self.lock:
-            for name, value in metrics.items():
-                if name != "epoch" and isinstance(value, int | float):
-                    self.points.append({"step": self.step, "epoch": epoch, "name": name, "value": float(value)})
+            self.points.extend(epoch_points(epoch, self.step, metrics))
         self.flush()
 
     def on_memory(self, report: dict[str, Any]) -> None:
@@ -156,6 +194,12 @@ class DBCallback(Callback):
                 crud.add_metric_points(session=s, run_id=self.run_id, attempt=self.attempt, points=points)
             if lines:
                 crud.append_log(session=s, run_id=self.run_id, lines=lines)
+
+
+def epoch_points(epoch: int, step: int, metrics: dict[str, Any]) -> list[dict[str, Any]]:
+    """The metric points of one epoch's record (train_loss, dev_*, lr, seconds), at the epoch's last step."""
+    return [{"step": step, "epoch": epoch, "name": name, "value": float(value)} for name, value in metrics.items()
+            if name != "epoch" and isinstance(value, int | float) and not isinstance(value, bool)]
 
 
 class LogToCallback(logging.Handler):
@@ -215,8 +259,9 @@ def main(argv: list[str] | None = None) -> int:
                         getattr(run, "status", None), getattr(run, "attempts", None))
             return 0
         config_dict = dict(run.config)
+        method_label = run.method_label
     from mefts_core.config import TrainConfig
-    from mefts_core.training.trainer import run_training, versions
+    from mefts_core.training.trainer import versions
 
     with session_scope(factory) as s:
         crud.set_run_info(session=s, run_id=run_id, attempt=attempt, values={
@@ -234,7 +279,16 @@ def main(argv: list[str] | None = None) -> int:
         # CPU jobs only: CUDA maps far more address space than it uses. Set after the imports above.
         limit = limit_address_space(settings.job_memory_limit_bytes)
         log.info("address space limited to %.2f GiB", limit / 2**30)
-    cb = DBCallback(factory, run_id, attempt, settings.progress_interval_seconds)
+    from mefts_core.training.checkpoint import find_checkpoint
+
+    output_dir = artifacts.run_dir(settings.data_dir, run_id)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    # An earlier attempt of this run (killed, lost with its worker, past its lease, cancelled or timed out) left
+    # the checkpoint of its last complete epoch: this attempt continues from there.
+    resume = find_checkpoint(output_dir) is not None
+    log.info("run %d attempt %d: output in %s (%s)", run_id, attempt, output_dir,
+             "resuming from its checkpoint" if resume else "no checkpoint: from the start")
+    cb = DBCallback(factory, run_id, attempt, settings.progress_interval_seconds, output_dir)
     logging.getLogger().addHandler(LogToCallback(cb))
     config = None
     try:
@@ -242,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
             config_dict["threads"] = args.threads
         config_dict.pop("timeout_s", None)  # the service's limit, enforced by the dispatcher (worker/timeouts.py)
         config = TrainConfig.from_dict(config_dict)
-        result = run_training(config, [cb]).to_dict()
+        result = train(config, cb, output_dir, resume).to_dict()
     except Exception as exc:  # every outcome is data: stored with the traceback, never a crash of the worker
         soft, hard = resource.getrlimit(resource.RLIMIT_AS)
         if soft != hard:
@@ -271,19 +325,62 @@ def main(argv: list[str] | None = None) -> int:
             })
         return 0
 
-    stop.set()
-    cb.flush()
     main_metric = result.get("main_metric")
     test, dev = result.get("test_metrics") or {}, result.get("dev_metrics") or {}
     score = test.get(main_metric, dev.get(main_metric))
+    stored = store_artifact(settings, run_id, method_label, output_dir, result, cb)
+    stop.set()  # after packing: the lease stays renewed while a large model is compressed
+    cb.flush()
     with session_scope(factory) as s:
         ok = crud.finish_run(session=s, run_id=run_id, attempt=attempt, status=RunStatus.succeeded, values={
             "result": result, "main_metric": main_metric, "score": score, "progress": 1.0, "pid": None,
             "trainable_params": result.get("trainable_params"), "total_params": result.get("total_params"),
-            "versions": result.get("versions"), "device_used": result.get("device"),
+            "versions": result.get("versions"), "device_used": result.get("device"), **stored,
         })
+    # The library removed the checkpoint when the run ended (a succeeded run is never resumed); model/ and the
+    # archive stay.
     log.info("run %d attempt %d: %s", run_id, attempt, "succeeded" if ok else "finished, but the run moved on")
     return 0
+
+
+def train(config, cb: DBCallback, output_dir: Path, resume: bool):
+    """run_training in the run's folder, resuming from its checkpoint. A checkpoint that cannot be used (written by
+    another mefts version, damaged on disk) is removed and the run starts afresh: otherwise every retry would fail
+    on it. The library reads it before the run's first callback, so nothing was reported from it."""
+    from mefts_core.errors import ArtifactError
+    from mefts_core.training.checkpoint import remove_checkpoint
+    from mefts_core.training.trainer import run_training
+
+    try:
+        return run_training(config, [cb], output_dir=output_dir, resume=resume)
+    except ArtifactError as e:
+        if not resume or not Path(e.file).resolve().is_relative_to(output_dir.resolve()):
+            raise
+        log.warning("run %d: unusable checkpoint, starting afresh: %s", cb.run_id, e)
+        cb.on_log(f"WARNING: the checkpoint could not be resumed from ({e}); starting afresh")
+    remove_checkpoint(output_dir)
+    return run_training(config, [cb], output_dir=output_dir, resume=False)
+
+
+def store_artifact(settings: Settings, run_id: int, method_label: str, output_dir: Path, result: dict[str, Any],
+                   cb: DBCallback) -> dict[str, Any]:
+    """Pack the best model as `model.tar.gz`; the run's artifact columns. A failure to pack (a full disk) leaves the
+    run succeeded without an artifact (its scores stand; the weights are still in `model/`), said in its log."""
+    lib = result.get("artifact")
+    if isinstance(lib, dict) and lib.get("path"):
+        try:  # stored relative to the data directory, like artifact_path: the server's layout is not published
+            lib["path"] = artifacts.relative_to_data(settings.data_dir, Path(lib["path"]))
+        except ValueError:
+            pass
+    try:
+        packed = artifacts.pack_model(output_dir, top=artifacts.download_name(run_id, method_label)[: -len(".tar.gz")])
+    except OSError as e:
+        log.error("run %d: could not pack the model: %s", run_id, e)
+        cb.on_log(f"WARNING: the model could not be packed for download: {e}")
+        return {}
+    cb.on_log(f"model packed: {packed.bytes} bytes, sha256 {packed.sha256}")
+    return {"artifact_path": artifacts.relative_to_data(settings.data_dir, packed.path),
+            "artifact_bytes": packed.bytes, "artifact_sha256": packed.sha256}
 
 
 if __name__ == "__main__":

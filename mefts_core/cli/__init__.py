@@ -1,12 +1,14 @@
-"""The core command line: `train` (one run), `sweep` (the paper's grid, capped by --budget) and `bench` (memory and
-speed over a grid of methods).
+"""The core command line: `train` (one run; `--save-dir` keeps the model, `--resume` continues after a crash),
+`predict` (a saved model on a file or its run's test split), `sweep` (the paper's grid, capped by --budget) and
+`bench` (memory and speed over a grid of methods).
 
     train.py   `train`, and the run arguments and TrainConfig fields `sweep` shares
+    predict.py `predict`
     sweep.py   `sweep`
     bench.py   `bench` (mefts_core.measure.bench)
     common.py  argument types, logging, the error exit, writing a JSON result
 
-`add_core_commands(subparsers)` registers all three on another program's argparse subparsers (the `mefts` console
+`add_core_commands(subparsers)` registers all four on another program's argparse subparsers (the `mefts` console
 script in backend/cli.py); each sets `func(args)`, which returns 0 and raises SystemExit(2) on a bad field ("error:
 ..." on stderr, no traceback) or SystemExit(1) when the run does not fit in memory.
 Standalone: `python -m mefts_core.cli train --backbone tiny-bert --method lora --task sst2 ...`,
@@ -20,6 +22,7 @@ from typing import Any
 
 from mefts_core.cli.bench import add_bench_command
 from mefts_core.cli.common import _kv
+from mefts_core.cli.predict import add_predict_command
 from mefts_core.cli.sweep import add_sweep_command, grid_points
 from mefts_core.cli.train import add_train_command
 
@@ -27,14 +30,15 @@ __all__ = ["_kv", "add_core_commands", "build_parser", "grid_points", "main"]
 
 
 def add_core_commands(subparsers: Any) -> None:
-    """Add `train`, `sweep` and `bench` to an argparse subparsers object."""
+    """Add `train`, `predict`, `sweep` and `bench` to an argparse subparsers object."""
     add_train_command(subparsers)
+    add_predict_command(subparsers)
     add_sweep_command(subparsers)
     add_bench_command(subparsers)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m mefts_core.cli", description="mefts core: train, sweep, bench")
+    parser = argparse.ArgumentParser(prog="python -m mefts_core.cli", description="mefts core: train, predict, sweep, bench")
     add_core_commands(parser.add_subparsers(dest="command", required=True))
     return parser
 

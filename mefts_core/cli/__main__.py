@@ -1,4 +1,4 @@
-"""`python -m mefts_core.cli train|sweep|bench ...`."""
+"""`python -m mefts_core.cli train|predict|sweep|bench ...`."""
 
 import sys
 

@@ -1,6 +1,8 @@
 """`train`: fine-tune one backbone with one method on one task, print the result table, write its JSON.
 
-The run arguments (`add_run_args`) and `config_kwargs` are shared with `sweep`.
+`--save-dir DIR` keeps a checkpoint in DIR after every epoch and the fine-tuned model in DIR/model at the end;
+`--resume DIR` continues the run whose checkpoint is in DIR (its config comes from there). The run arguments
+(`add_run_args`) and `config_kwargs` are shared with `sweep`.
 """
 
 from __future__ import annotations
@@ -27,11 +29,15 @@ DATA_FLAGS = (
 )
 
 
+RUN_FIELDS = ("backbone", "method", "task")
+
+
 def add_run_args(p: argparse.ArgumentParser, sweep: bool) -> None:
     g = p.add_argument_group("run")
-    g.add_argument("--backbone", required=True, help="registry name (minilm-l6, tiny-bert, ...) or a model folder")
-    g.add_argument("--method", required=True, help="full, lora, adapter, bitfit, meft1, meft2, meft3")
-    g.add_argument("--task", required=True, help="GLUE (cola, sst2, ...), QA (piqa, sciq, ...) or local")
+    # `train --resume DIR` takes the run from DIR's checkpoint: there the three are checked by cmd_train instead
+    g.add_argument("--backbone", required=sweep, help="registry name (minilm-l6, tiny-bert, ...) or a model folder")
+    g.add_argument("--method", required=sweep, help="full, lora, adapter, bitfit, meft1, meft2, meft3")
+    g.add_argument("--task", required=sweep, help="GLUE (cola, sst2, ...), QA (piqa, sciq, ...) or local")
     g.add_argument("--option", action="append", type=_kv, default=[], metavar="KEY=VALUE",
                    help="method option (repeatable; the value is parsed as JSON when possible), e.g. r=16")
     h = p.add_argument_group("hyperparameters")
@@ -57,6 +63,12 @@ def add_train_command(subparsers: Any) -> None:
     p = subparsers.add_parser("train", help="fine-tune one backbone with one method on one task",
                               description="Fine-tune a backbone with a method on a task; writes a result JSON.")
     add_run_args(p, sweep=False)
+    k = p.add_argument_group("keep the model, resume")
+    k.add_argument("--save-dir", default=None, metavar="DIR",
+                   help="checkpoint after every epoch in DIR/checkpoint, the fine-tuned model in DIR/model")
+    k.add_argument("--resume", default=None, metavar="DIR",
+                   help="continue the run checkpointed in DIR (its config comes from there; only --threads, "
+                        "--output and the output flags may be given)")
     p.set_defaults(func=cmd_train)
 
 
@@ -93,12 +105,18 @@ def add_hyperparameter_args(group: Any, skip: tuple[str, ...] = ()) -> None:
         help_text = f.metadata.get("help", "") + ("" if default is None else f" (default: {default})")
         kind = _scalar(hints[f.name])
         if kind is bool:
-            flag = f.metadata.get("flag") or ("--no-" if default else "--") + f.name.replace("_", "-")
-            group.add_argument(flag, dest=f.name, action="store_false" if default else "store_true", default=None,
-                               help=help_text)
+            group.add_argument(flag_of(f), dest=f.name, action="store_false" if default else "store_true",
+                               default=None, help=help_text)
         else:
-            flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
-            group.add_argument(flag, dest=f.name, type=kind, default=None, help=help_text)
+            group.add_argument(flag_of(f), dest=f.name, type=kind, default=None, help=help_text)
+
+
+def flag_of(f: Any) -> str:
+    """A hyperparameter's flag: its metadata's, else --name (--no-name for a boolean that defaults to true)."""
+    if f.metadata.get("flag"):
+        return f.metadata["flag"]
+    off = f.type in ("bool", bool) and field_default(f) is True
+    return ("--no-" if off else "--") + f.name.replace("_", "-")
 
 
 def _scalar(tp: Any) -> type:
@@ -129,8 +147,9 @@ class ProgressBar(Callback):
     def on_start(self, info: dict[str, Any]) -> None:
         from tqdm.auto import tqdm
 
-        self.bar = tqdm(total=info["total_steps"], desc=self.desc, unit="step", disable=not self.enabled,
-                        dynamic_ncols=True, leave=False, file=sys.stderr)
+        done = info.get("resumed_from_epoch", 0) * info["steps_per_epoch"]
+        self.bar = tqdm(total=info["total_steps"], initial=done, desc=self.desc, unit="step",
+                        disable=not self.enabled, dynamic_ncols=True, leave=False, file=sys.stderr)
 
     def on_progress(self, *, step: int, total_steps: int, epoch: int, loss: float) -> None:
         if self.bar is not None:
@@ -173,9 +192,40 @@ def result_table(result: dict[str, Any]) -> str:
         ["best epoch", f"{result['best_epoch']} of {n_epochs} run" + (" (early stop)" if result["stopped_early"]
                                                                         else "")],
     ]
+    if result.get("resumed_from_epoch"):
+        head.append(["resumed", f"after epoch {result['resumed_from_epoch']}, from its checkpoint"])
+    if result.get("artifact"):
+        head.append(["model", f"{result['artifact']['path']} ({result['artifact']['bytes'] / 1e6:.2f} MB)"])
     metrics = [[k, f"{result['dev_metrics'].get(k, float('nan')):.4f}", f"{result['test_metrics'][k]:.4f}"]
                for k in result["test_metrics"]]
     return tables.to_text(["field", "value"], head, header=False) + "\n" + tables.to_text(["metric", "dev", "test"], metrics)
+
+
+def _given_run_flags(args: argparse.Namespace) -> list[str]:
+    """The flags that set the run (what --resume takes from the checkpoint); --threads may change on resume."""
+    flags = {n: f"--{n}" for n in RUN_FIELDS}
+    flags.update({f.name: flag_of(f) for f in hyperparameter_fields() if f.name != "threads"})
+    flags.update({flag[2:].replace("-", "_"): flag for flag, _ in DATA_FLAGS})
+    given = [flag for name, flag in flags.items() if getattr(args, name, None) is not None]
+    return given + [f"--{n.replace('_', '-')}" for n in ("option", "task_option", "save_dir") if getattr(args, n)]
+
+
+def train_setup(args: argparse.Namespace) -> tuple[TrainConfig, str | None, bool]:
+    """(config, output_dir, resume) from the flags, or from the checkpoint in --resume DIR."""
+    from mefts_core.training.checkpoint import checkpoint_config
+
+    if args.resume is None:
+        missing = [f"--{n}" for n in RUN_FIELDS if getattr(args, n) is None]
+        if missing:
+            raise ValueError(f"{missing[0]}: required (or --resume DIR to continue a checkpointed run)")
+        return TrainConfig(**config_kwargs(args)), args.save_dir, False
+    given = _given_run_flags(args)
+    if given:
+        raise ValueError(f"{given[0]}: not with --resume (the run's config comes from {args.resume}'s checkpoint)")
+    stored = checkpoint_config(args.resume)
+    if args.threads is not None:
+        stored = {**stored, "threads": args.threads}
+    return TrainConfig.from_dict(stored), args.resume, True
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -185,8 +235,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     setup_logging(args.verbose)
     try:
-        config = TrainConfig(**config_kwargs(args))
-        result = run_training(config, [ProgressBar(enabled=not args.no_progress)]).to_dict()
+        config, output_dir, resume = train_setup(args)
+        result = run_training(config, [ProgressBar(enabled=not args.no_progress)], output_dir=output_dir,
+                              resume=resume).to_dict()
     except (torch.OutOfMemoryError, MemoryError) as e:
         fail(f"does not fit in memory at batch {config.batch_size}, max_seq_len {config.max_seq_len}: {e}", 1)
     except (ValueError, FileNotFoundError) as e:

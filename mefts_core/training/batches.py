@@ -48,6 +48,17 @@ def task_loss(problem: str, logits: torch.Tensor, batch: dict[str, torch.Tensor]
     return F.cross_entropy(logits, labels)
 
 
+def scores(problem: str, logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> list[float | None]:
+    """The probability of each row's prediction (softmax over classes or over the real options); None for
+    regression, whose prediction is the value itself."""
+    if problem == "regression":
+        return [None] * logits.shape[0]
+    logits = logits.float()
+    if problem == "multiple_choice" and "choice_mask" in batch:
+        logits = logits.masked_fill(~batch["choice_mask"], torch.finfo(logits.dtype).min)
+    return torch.softmax(logits, -1).max(-1).values.tolist()
+
+
 def _predictions(problem: str, logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> list:
     logits = logits.float()
     if problem == "regression":
@@ -62,23 +73,47 @@ def autocast(device: torch.device, enabled: bool):
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, features: list[dict[str, Any]], data: TaskData, *, batch_size: int,
-             pad_id: int, device: torch.device, bf16: bool) -> dict[str, float]:
-    """The task's metrics (plus "loss") on encoded features, in eval mode."""
-    task = data.task
+def forward_batches(model: torch.nn.Module, features: list[dict[str, Any]], *, batch_size: int, pad_id: int,
+                    device: torch.device, bf16: bool):
+    """(logits, batch) of each batch in order, in eval mode and without a graph (MEFT's stack then keeps nothing)."""
     model.eval()
-    preds: list = []
-    labels: list = []
-    total, n = 0.0, 0
     for batch in batches(features, batch_size, pad_id):
         batch = to_device(batch, device)
         with autocast(device, bf16):
             logits = logits_of(model(**model_inputs(batch)))
-        loss = task_loss(task.problem, logits, batch)
-        total += float(loss) * len(batch["labels"])
-        n += len(batch["labels"])
-        preds += _predictions(task.problem, logits, batch)
-        labels += batch["labels"].tolist()
-    metrics = compute_metrics(task.metrics, preds, labels)
-    metrics["loss"] = total / max(n, 1)
-    return metrics
+        yield logits, batch
+
+
+class Tally:
+    """The loss and predictions of batches, then the task's metrics: one rule for evaluation and for predict."""
+
+    def __init__(self, problem: str) -> None:
+        self.problem = problem
+        self.preds: list = []
+        self.labels: list = []
+        self.total, self.n = 0.0, 0
+
+    def add(self, logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> list:
+        """Count one batch; return its predictions (class or option index, or the regression value)."""
+        loss = task_loss(self.problem, logits, batch)
+        self.total += float(loss) * len(batch["labels"])
+        self.n += len(batch["labels"])
+        preds = _predictions(self.problem, logits, batch)
+        self.preds += preds
+        self.labels += batch["labels"].tolist()
+        return preds
+
+    def metrics(self, names: tuple[str, ...] | list[str]) -> dict[str, float]:
+        metrics = compute_metrics(tuple(names), self.preds, self.labels)
+        metrics["loss"] = self.total / max(self.n, 1)
+        return metrics
+
+
+def evaluate(model: torch.nn.Module, features: list[dict[str, Any]], data: TaskData, *, batch_size: int,
+             pad_id: int, device: torch.device, bf16: bool) -> dict[str, float]:
+    """The task's metrics (plus "loss") on encoded features, in eval mode."""
+    tally = Tally(data.task.problem)
+    for logits, batch in forward_batches(model, features, batch_size=batch_size, pad_id=pad_id, device=device,
+                                         bf16=bf16):
+        tally.add(logits, batch)
+    return tally.metrics(data.task.metrics)

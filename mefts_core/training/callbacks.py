@@ -9,16 +9,20 @@ class Callback:
     """Base class with no-op hooks. Override what you need; the loop calls every hook of every callback."""
 
     def on_start(self, info: dict[str, Any]) -> None:
-        """Once, before the first step: config, trainable parameters, dataset sizes, split description."""
+        """Once, before the first step: config, trainable parameters, dataset sizes, split description, and
+        "resumed_from_epoch" (0 for a fresh run)."""
 
     def on_progress(self, *, step: int, total_steps: int, epoch: int, loss: float) -> None:
-        """After each optimiser step."""
+        """After each optimiser step. A resumed run continues the step numbers from its checkpoint; the steps of an
+        epoch a crash interrupted come again, with the same numbers and the same (bit-identical) losses."""
 
     def on_epoch_end(self, *, epoch: int, metrics: dict[str, float]) -> None:
-        """After each epoch's evaluation (keys like 'train_loss', 'dev_accuracy')."""
+        """After each epoch's evaluation and checkpoint (keys like 'train_loss', 'dev_accuracy'); a resumed run does
+        not repeat the epochs of its checkpoint."""
 
     def on_memory(self, report: dict[str, Any]) -> None:
-        """Once, with the MemoryReport (as a dict) of a measured training step."""
+        """Once, with the MemoryReport (as a dict) of a measured training step (not again when a run resumes: the
+        result carries the first part's report)."""
 
     def on_log(self, message: str) -> None:
         """A human-readable line for the run's log."""

@@ -5,6 +5,12 @@
   training step's memory (`mefts_core.measure.memory.measure_step`), then trains with AdamW, linear warm-up and decay, gradient clipping, optional bf16 autocast, evaluation every epoch and
   early stopping on the task's main dev metric. The best epoch's trainable parameters are kept (a copy of the
   trainable tensors only, small for PEFT methods), restored at the end, and the test split is scored with them.
+- With `output_dir`, every epoch ends with a checkpoint (`mefts_core.training.checkpoint`: weights, optimizer,
+  scheduler, every RNG, counters, history), and the run ends with the artifact of its best state in
+  `output_dir/model/` (`mefts_core.training.artifacts`); the checkpoint is removed once `on_end` has returned.
+  `resume=True` continues from the checkpoint there (a fresh start when there is none): the epochs already done are
+  not trained or reported again, step numbers continue, and the run ends with the same metrics and bit-identical
+  weights as one that never stopped (same machine type and thread count).
 - Out-of-memory errors propagate unchanged (torch.OutOfMemoryError / MemoryError).
 
 Default learning rate (`learning_rate=None`, `TrainConfig.effective_learning_rate`): 2e-5 for full fine-tuning, 2e-3
@@ -16,22 +22,21 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import platform
 import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from mefts_core.backbones import is_decoder, load_backbone
 from mefts_core.config import TrainConfig
-from mefts_core.errors import ConfigError
+from mefts_core.errors import MISSING, ArtifactError, ConfigError
 from mefts_core.methods import meft_stacks
 from mefts_core.tasks import load_task
-from mefts_core.tasks.encoding import encode
+from mefts_core.training import artifacts, checkpoint
 from mefts_core.training.batches import (
     autocast,
     batches,
@@ -43,7 +48,7 @@ from mefts_core.training.batches import (
     to_device,
 )
 from mefts_core.training.callbacks import Callback, CallbackList
-from mefts_core.training.scoring import ChoiceScorer, encode_choices_lm
+from mefts_core.training.prepare import featurize, head_for, prepared_model, unwrapped
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +75,8 @@ class TrainResult:
     label_names: list[str] | None = None
     # MEFT with check_gradients: per reversible layer, stack, layer, cosine, rel_error, reconstruction_error
     gradient_fidelity: list[dict[str, Any]] | None = None
+    artifact: dict[str, Any] | None = None  # with output_dir: {"path", "bytes"} of output_dir/model
+    resumed_from_epoch: int = 0  # the checkpoint's epoch a resumed run continued after; 0 for a fresh run
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -118,11 +125,8 @@ def seed_everything(seed: int) -> None:
 
 
 def versions() -> dict[str, str]:
-    import peft
-    import transformers
-
-    return {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__,
-            "python": platform.python_version()}
+    """torch, transformers, peft and Python versions (the artifact's manifest adds mefts)."""
+    return {k: v for k, v in artifacts.versions().items() if k != "mefts"}
 
 
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -160,25 +164,29 @@ class _Reporter:
 # ---------------------------------------------------------------------------------------------- the loop
 
 
-def run_training(config: TrainConfig, callbacks: list[Callback] | None = None) -> TrainResult:
-    """Train one run and score it: setup, memory probe, gradient check, epochs with early stopping, restore, test."""
-    run = _Run(config, CallbackList(callbacks))
+def run_training(config: TrainConfig, callbacks: list[Callback] | None = None, *, output_dir: str | Path | None = None,
+                 resume: bool = False) -> TrainResult:
+    """Train one run and score it: setup (or resume from output_dir's checkpoint), memory probe, gradient check,
+    epochs with early stopping and a checkpoint after each, restore the best state, test, save the artifact."""
+    run = _Run(config, CallbackList(callbacks), output_dir)
+    run.start(resume)
     run.announce()
-    memory = run.measure_memory() if config.measure_memory else None
-    fidelity = run.check_gradients() if config.check_gradients and meft_stacks(run.model) else None
-    for epoch in range(1, config.epochs + 1):
-        if run.train_epoch(epoch):
-            break
+    if not run.resumed_from:  # a resumed run has the reports of its first part in the checkpoint
+        run.memory = run.measure_memory() if config.measure_memory else None
+        run.fidelity = run.check_gradients() if config.check_gradients and meft_stacks(run.model) else None
+    while run.epoch < config.epochs and not run.stopped_early:
+        run.train_epoch(run.epoch + 1)
     run.restore_best()
-    return run.finish(memory, fidelity)
+    return run.finish()
 
 
 class _Run:
     """The state of one run, built once (data, model, features, optimiser), and its named steps."""
 
-    def __init__(self, config: TrainConfig, cb: CallbackList) -> None:
-        self.start = time.perf_counter()
+    def __init__(self, config: TrainConfig, cb: CallbackList, output_dir: str | Path | None) -> None:
+        self.start_time, self.elapsed_before = time.perf_counter(), 0.0
         self.config, self.cb, self.say = config, cb, _Reporter(cb)
+        self.output_dir = Path(output_dir) if output_dir is not None else None
         if config.threads is not None:
             torch.set_num_threads(config.threads)
         self.device = resolve_device(config.device)
@@ -186,10 +194,12 @@ class _Run:
         self.data = load_task(config.task, task_options=config.task_options, seed=config.seed,
                               max_train_samples=config.max_train_samples, max_eval_samples=config.max_eval_samples)
         self.task = self.data.task
-        self.model, tokenizer, lm_choices = _prepared_model(config, self.task)
+        self.head, self.lm_choices = head_for(self.task.problem, config.backbone)
+        self.model, self.tokenizer, _, self.fingerprint = prepared_model(config, self.task)
         self.model.to(self.device)
-        self.pad_id = int(tokenizer.pad_token_id)
-        self.train_f, self.dev_f, self.test_f = (_featurize(part, tokenizer, config.max_seq_len, lm_choices)
+        self.net = unwrapped(self.model)  # what checkpoints and the artifact name tensors by
+        self.pad_id = int(self.tokenizer.pad_token_id)
+        self.train_f, self.dev_f, self.test_f = (featurize(part, self.tokenizer, config.max_seq_len, self.lm_choices)
                                                  for part in (self.data.train, self.data.dev, self.data.test))
         self.lr = config.effective_learning_rate
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
@@ -201,9 +211,11 @@ class _Run:
         self.gen = torch.Generator().manual_seed(config.seed)
         # the first training batch: what the memory measurement and the gradient check run on, RNGs forked
         self.probe = to_device(collate_any(self.train_f[: config.batch_size], self.pad_id), self.device)
-        self.step, self.history = 0, []
+        self.epoch, self.step, self.history, self.resumed_from = 0, 0, [], 0
         self.best_score, self.best_epoch, self.bad_epochs, self.best_state = -math.inf, 0, 0, None
         self.stopped_early = False
+        self.memory: dict[str, Any] | None = None
+        self.fidelity: list[dict[str, Any]] | None = None
 
     @property
     def n_trainable(self) -> int:
@@ -213,6 +225,61 @@ class _Run:
     def n_total(self) -> int:
         return sum(p.numel() for p in self.model.parameters())
 
+    def elapsed(self) -> float:
+        """Seconds of training so far, the part before a resume included."""
+        return self.elapsed_before + time.perf_counter() - self.start_time
+
+    def start(self, resume: bool) -> None:
+        """With resume, continue from output_dir's checkpoint when there is one; otherwise clear a stale one."""
+        if self.output_dir is None:
+            if resume:
+                raise ConfigError("resume", resume, "needs output_dir, the folder that holds the checkpoint")
+            return
+        ckpt = checkpoint.load_checkpoint(self.output_dir, self.config.to_dict(), self.device) if resume else None
+        if ckpt is None:
+            if resume:
+                self.say("resume: no checkpoint in %s, starting afresh", self.output_dir)
+            checkpoint.remove_checkpoint(self.output_dir)
+            return
+        self._restore(ckpt)
+
+    def _restore(self, ckpt: checkpoint.Checkpoint) -> None:
+        """Weights, optimizer, scheduler, RNGs and counters as the checkpoint's run left them after its epoch."""
+        state = ckpt.state
+        artifacts.load_trainable(self.net, ckpt.trainable, ckpt.path / checkpoint.TRAINABLE)
+        if ckpt.best is not None:
+            artifacts.check_trainable(self.net, ckpt.best, ckpt.path / checkpoint.BEST)
+        try:
+            self.optimizer.load_state_dict(ckpt.optimizer)
+            self.scheduler.load_state_dict(ckpt.scheduler)
+        except (ValueError, KeyError, RuntimeError) as e:
+            raise ArtifactError(ckpt.path / checkpoint.OPTIMIZER, "checkpoint", MISSING,
+                                f"does not fit this run's optimizer ({e})") from e
+        checkpoint.restore_rng(ckpt, self.gen, meft_stacks(self.model))
+        self.epoch = self.resumed_from = int(state["epoch"])
+        self.step, self.history = int(state["step"]), list(state["history"])
+        self.best_score = -math.inf if state["best_score"] is None else float(state["best_score"])
+        self.best_epoch, self.bad_epochs = int(state["best_epoch"]), int(state["bad_epochs"])
+        self.best_state, self.stopped_early = ckpt.best, bool(state["stopped_early"])
+        self.memory, self.fidelity = state.get("memory"), state.get("fidelity")
+        self.elapsed_before = float(state["elapsed_seconds"])
+        self.say("resumed from %s after epoch %d (step %d of %d)", ckpt.path, self.epoch, self.step, self.total_steps)
+
+    def save_checkpoint(self) -> None:
+        """output_dir/checkpoint/ as of the end of this epoch (nothing without output_dir)."""
+        if self.output_dir is None:
+            return
+        rng_tensors, rng_plain = checkpoint.capture_rng(self.gen, meft_stacks(self.model))
+        state = {"config": self.config.to_dict(), "epoch": self.epoch, "step": self.step, "history": self.history,
+                 "best_score": self.best_score if math.isfinite(self.best_score) else None,
+                 "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs, "stopped_early": self.stopped_early,
+                 "memory": self.memory, "fidelity": self.fidelity, "elapsed_seconds": self.elapsed(),
+                 "rng": rng_plain}
+        best = None if self.best_state is None else {n: t.cpu().contiguous() for n, t in self.best_state.items()}
+        checkpoint.save_checkpoint(self.output_dir, state, trainable=artifacts.trainable_state(self.net), best=best,
+                                   optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
+                                   rng=rng_tensors)
+
     def announce(self) -> None:
         c, data, task = self.config, self.data, self.task
         self.cb.on_start({
@@ -220,6 +287,7 @@ class _Run:
             "problem": task.problem, "main_metric": task.main_metric, "learning_rate": self.lr,
             "device": str(self.device), "trainable_params": self.n_trainable, "total_params": self.n_total,
             "total_steps": self.total_steps, "steps_per_epoch": self.steps_per_epoch,
+            "resumed_from_epoch": self.resumed_from,
         })
         self.say("run: %s / %s / %s on %s; %s; lr %.3g; %d trainable of %d params", c.backbone, c.method, task.name,
                  self.device, data.description, self.lr, self.n_trainable, self.n_total)
@@ -228,12 +296,17 @@ class _Run:
         return task_loss(self.task.problem, logits_of(out), self.probe)
 
     def measure_memory(self) -> dict[str, Any]:
-        """One training step of the probe batch, measured (mefts_core.measure.memory), drawing nothing from training."""
+        """One training step of the probe batch, measured (mefts_core.measure.memory), drawing nothing from training:
+        the global RNGs are forked and the reversible stacks' dropout counters put back."""
         from mefts_core.measure.memory import measure_step
 
         self.model.train()
+        stacks = meft_stacks(self.model)
+        calls = [s.calls for s in stacks]
         with _forked_rng(self.device), autocast(self.device, self.config.bf16):
             report = measure_step(self.model, model_inputs(self.probe), None, loss_fn=self._probe_loss)
+        for s, c in zip(stacks, calls):
+            s.calls = c
         self.optimizer.zero_grad(set_to_none=True)
         memory = report.to_dict()
         self.cb.on_memory(memory)
@@ -273,8 +346,12 @@ class _Run:
         return evaluate(self.model, features, self.data, batch_size=self.config.batch_size * 2, pad_id=self.pad_id,
                         device=self.device, bf16=self.config.bf16)
 
-    def train_epoch(self, epoch: int) -> bool:
-        """One pass, then dev scoring; True when early stopping says stop."""
+    def train_epoch(self, epoch: int) -> None:
+        """One pass, dev scoring, early stopping's verdict, the checkpoint, then the epoch's callbacks.
+
+        The checkpoint comes before on_epoch_end: a crash in a callback resumes after this epoch, so that no epoch
+        is reported twice.
+        """
         t_epoch = time.perf_counter()
         self.model.train()
         order = torch.randperm(len(self.train_f), generator=self.gen).tolist()
@@ -287,36 +364,38 @@ class _Run:
         record = {"epoch": epoch, "train_loss": loss_sum / max(n_seen, 1), **{f"dev_{k}": v for k, v in dev.items()},
                   "lr": self.scheduler.get_last_lr()[0], "seconds": time.perf_counter() - t_epoch}
         self.history.append(record)
-        self.cb.on_epoch_end(epoch=epoch, metrics=dict(record))
         self.say("epoch %d: train_loss %.4f, dev %s %.4f (%.1fs)", epoch, record["train_loss"], main, dev[main],
                  record["seconds"])
-        return self._early_stop(epoch, dev[main])
+        self._early_stop(epoch, dev[main])
+        self.epoch = epoch
+        self.save_checkpoint()
+        self.cb.on_epoch_end(epoch=epoch, metrics=dict(record))
 
-    def _early_stop(self, epoch: int, score: float) -> bool:
-        """Keep the best epoch's trainable tensors; True after `patience` epochs without improvement."""
+    def _early_stop(self, epoch: int, score: float) -> None:
+        """Keep the best epoch's trainable tensors; stop after `patience` epochs without improvement."""
         if score > self.best_score:
             self.best_score, self.best_epoch, self.bad_epochs = score, epoch, 0
-            self.best_state = {n: p.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad}
-            return False
+            self.best_state = {n: p.detach().clone() for n, p in self.net.named_parameters() if p.requires_grad}
+            return
         self.bad_epochs += 1
         if self.bad_epochs < self.config.patience or epoch >= self.config.epochs:
-            return False
+            return
         self.stopped_early = True
         self.say("early stop after epoch %d: no dev %s improvement for %d epochs (best %.4f at epoch %d)", epoch,
                  self.task.main_metric, self.bad_epochs, self.best_score, self.best_epoch)
-        return True
 
     def restore_best(self) -> None:
         if self.best_state is None or self.best_epoch == len(self.history):
             return
         with torch.no_grad():
-            for n, p in self.model.named_parameters():
+            for n, p in self.net.named_parameters():
                 if n in self.best_state:
                     p.copy_(self.best_state[n])
         self.say("restored the best state (epoch %d)", self.best_epoch)
 
-    def finish(self, memory: dict[str, Any] | None, fidelity: list[dict[str, Any]] | None) -> TrainResult:
-        """Score dev and test with the restored state and report the result."""
+    def finish(self) -> TrainResult:
+        """Score dev and test with the restored state, save the artifact, report the result; then the checkpoint
+        goes (after on_end: a crash in it resumes straight to here)."""
         dev, test = self._evaluate(self.dev_f), self._evaluate(self.test_f)
         self.say("test: %s", ", ".join(f"{k} {v:.4f}" for k, v in test.items()))
         task = self.task
@@ -324,40 +403,24 @@ class _Run:
             config=self.config.to_dict(), task=task.name, problem=task.problem, main_metric=task.main_metric,
             split=self.data.description, split_sizes=self.data.sizes, learning_rate=self.lr,
             epoch_metrics=self.history, best_epoch=self.best_epoch, stopped_early=self.stopped_early,
-            dev_metrics=dev, test_metrics=test, memory=memory, trainable_params=self.n_trainable,
-            total_params=self.n_total, wall_seconds=time.perf_counter() - self.start, versions=versions(),
+            dev_metrics=dev, test_metrics=test, memory=self.memory, trainable_params=self.n_trainable,
+            total_params=self.n_total, wall_seconds=self.elapsed(), versions=versions(),
             device=str(self.device), label_names=list(task.label_names) if task.label_names else None,
-            gradient_fidelity=fidelity,
+            gradient_fidelity=self.fidelity, resumed_from_epoch=self.resumed_from,
+            artifact=self._save_artifact(dev, test) if self.output_dir is not None else None,
         )
         self.cb.on_end(result.to_dict())
+        if self.output_dir is not None:
+            checkpoint.remove_checkpoint(self.output_dir)
         return result
 
-
-def _prepared_model(config: TrainConfig, task: Any) -> tuple[torch.nn.Module, Any, bool]:
-    """(model with the task's head and the method applied, tokenizer, whether options are scored by likelihood)."""
-    from mefts_core.methods import apply_options
-
-    # Multiple choice: an encoder scores options with its multiple-choice head, a decoder by their likelihood.
-    lm_choices = task.problem == "multiple_choice" and is_decoder(config.backbone)
-    head = "causal_lm" if lm_choices else "multiple_choice" if task.problem == "multiple_choice" else "seq_cls"
-    try:
-        model, tokenizer = load_backbone(config.backbone, head=head, num_labels=task.num_labels or 2,
-                                         seed=config.seed)
-    except ValueError as e:
-        if head != "multiple_choice":
-            raise
-        raise ConfigError("backbone", config.backbone, f"task {task.name!r} is multiple choice, scored with a "
-                          f"multiple-choice head, which this backbone lacks ({e}); use an encoder backbone (e.g. "
-                          "minilm-l6) or a decoder (likelihood scoring)") from e
-    if tokenizer.pad_token_id is None:  # decoder tokenizers (GPT-2, Llama) have none
-        tokenizer.pad_token = tokenizer.eos_token
-        model.config.pad_token_id = tokenizer.pad_token_id
-    model = apply_options(model, config.method, config.method_options)
-    return (ChoiceScorer(model) if lm_choices else model), tokenizer, lm_choices
-
-
-def _featurize(examples: list, tokenizer: Any, max_seq_len: int, lm_choices: bool) -> list[dict[str, Any]]:
-    if lm_choices:
-        return [{**encode_choices_lm(tokenizer, e.context, e.choices, max_seq_len), "label": e.label}
-                for e in examples]
-    return encode(examples, tokenizer, max_seq_len)
+    def _save_artifact(self, dev: dict[str, float], test: dict[str, float]) -> dict[str, Any]:
+        """output_dir/model/: the restored best state's trainable tensors, the manifest and the tokenizer."""
+        assert self.output_dir is not None
+        tensors = artifacts.trainable_state(self.net)
+        manifest = artifacts.build_manifest(
+            self.config, self.task, head=self.head, lm_choices=self.lm_choices, fingerprint=self.fingerprint,
+            tensors=tensors, metrics={"best_epoch": self.best_epoch, "dev": dev, "test": test})
+        info = artifacts.save_artifact(self.output_dir / "model", self.net, self.tokenizer, manifest, tensors)
+        self.say("model: %s (%.2f MB)", info["path"], info["bytes"] / 1e6)
+        return info

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import subprocess
@@ -44,3 +45,9 @@ def test_burst_worker_runs_the_queue_then_exports(client, tmp_path):
     out = tmp_path / "results.tex"
     assert main(["export", "--output", str(out), "--data-dir", str(tmp_path)]) == 0
     assert r"\begin{tabular}" in out.read_text()
+
+    # the trained model, as GET /api/runs/{id}/artifact sends it
+    out = tmp_path / "model.tar.gz"
+    assert main(["export", "--run", str(rid), "--artifact", "-o", str(out), "--data-dir", str(tmp_path)]) == 0
+    assert out.stat().st_size == run["artifact_bytes"]
+    assert hashlib.sha256(out.read_bytes()).hexdigest() == run["artifact_sha256"]

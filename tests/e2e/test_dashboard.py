@@ -8,9 +8,11 @@ needs comes from the `form_run` fixture.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import re
+from pathlib import Path
 
 import pytest
 
@@ -421,6 +423,26 @@ def test_run_detail(page, server, finished_run):
     cosine = next(t for t in graph(page, "chart-fidelity")["data"] if t["name"].startswith("gradient cosine"))
     assert cosine["y"] == pytest.approx([r["cosine"] for r in fidelity])
     expect(page.locator("#run-facts")).to_contain_text("2 reversible layers: bit-identical to plain autograd")
+
+
+def test_run_detail_downloads_the_trained_model(page, server, finished_run):
+    run = server.get(f"/api/runs/{finished_run['id']}")
+    page.goto(server.url + f"/#/runs/{run['id']}")
+    link = page.locator("#run-model a#model-download")
+    expect(link).to_be_visible()
+    size = page.evaluate("(b) => Api.fmtBytes(b)", run["artifact_bytes"])
+    expect(link).to_have_text(f"Download model ({size}, tar.gz)")
+    expect(page.locator("#run-model")).to_contain_text(run["artifact_sha256"][:16])
+    with page.expect_download() as info:
+        link.click()
+    download = info.value
+    assert download.suggested_filename == f"run-{run['id']}-{run['method_label']}.tar.gz"
+    body = Path(download.path()).read_bytes()
+    assert len(body) == run["artifact_bytes"] and hashlib.sha256(body).hexdigest() == run["artifact_sha256"]
+    # a run without a model shows no link
+    page.goto(server.url + f"/#/runs/{server.seeded['failed']}")
+    expect(page.locator("#run-reason")).to_be_visible()
+    expect(page.locator("#run-model")).to_be_hidden()
 
 
 # ------------------------------------------------------------------------------------------------ basics

@@ -99,7 +99,8 @@ class LocalExecutor:
         env = {k: v for k, v in os.environ.items() if k != "MEFTS_API_TOKEN"}  # a job needs no API token
         env.update({
             "DATABASE_URL": self.db_url,
-            "MEFTS_DATA_DIR": str(self.data_dir),
+            # absolute: the job runs in the repository root, not in the worker's working directory
+            "MEFTS_DATA_DIR": str(Path(self.data_dir).expanduser().resolve()),
             "OMP_NUM_THREADS": str(slot.threads),
             "MKL_NUM_THREADS": str(slot.threads),
             "PYTHONUNBUFFERED": "1",

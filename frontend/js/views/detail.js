@@ -25,6 +25,7 @@ const Detail = (() => {
       el("div", { class: "detail-head" }, el("h1", { id: "run-title" }, `Run #${id}`), el("div", { id: "run-status" }), el("div", { id: "run-actions", class: "actions" })),
       el("div", { id: "run-reason" }),
       el("div", { id: "run-facts" }),
+      el("div", { id: "run-model", class: "downloads", hidden: true }),
       el("h2", {}, "Curves"),
       el("div", { class: "grid-2" }, el("div", { id: "chart-loss", class: "chart" }), el("div", { id: "chart-metric", class: "chart" })),
       el("h2", { id: "mem-title" }, "Memory breakdown"),
@@ -71,13 +72,16 @@ const Detail = (() => {
       ["learning rate", r.learning_rate ?? run.learning_rate ?? "method default"],
       ["gradient check", gradientCheck(r.gradient_fidelity)],
       ["trainable / total params", run.trainable_params ? `${run.trainable_params.toLocaleString()} / ${(run.total_params || 0).toLocaleString()}` : null],
-      ["attempts", `${run.attempts} of ${run.max_attempts}`], ["device", run.device_used || run.device],
+      ["attempts", `${run.attempts} of ${run.max_attempts}`],
+      ["resumed", run.resumed_from_epoch ? `attempt ${run.attempts} continued from the checkpoint of epoch ${run.resumed_from_epoch}` : null],
+      ["device", run.device_used || run.device],
       ["created", Api.fmtTime(run.created_at)], ["started", Api.fmtTime(run.started_at)], ["finished", Api.fmtTime(run.finished_at)],
       ["duration", Api.fmtDuration(run.duration_seconds)], ["worker", run.worker_id], ["git revision", run.git_revision],
       ["versions", run.versions ? Object.entries(run.versions).map(([k, v]) => `${k} ${v}`).join(", ") : null],
       ["split", r.split], ["cloned from", run.cloned_from ? el("a", { href: `#/runs/${run.cloned_from}` }, `#${run.cloned_from}`) : null],
       ["sweep", run.sweep_id ? el("a", { href: `#/runs?sweep=${run.sweep_id}` }, `#${run.sweep_id}`) : null],
     ]));
+    renderModel(run);
     const metrics = await Api.get(`/api/runs/${id}/metrics`);
     const series = metrics.series || {};
     if (Object.keys(series).length) {
@@ -99,6 +103,16 @@ const Detail = (() => {
     $("cfg-table").replaceChildren(el("tbody", {}, cfgRows.map((c) => el("tr", {}, el("th", { scope: "row" }, c.key), el("td", {}, c.value)))));
     downloads($("cfg-downloads"), { stem: `run-${id}-config`, local: async () => ({ columns: ["key", "value"], rows: cfgRows }) });
     $("run-detail").dataset.status = run.status;
+  }
+
+  /** The trained model (best dev epoch) as a tar.gz, when the run stored one: a link with its size and checksum. */
+  function renderModel(run) {
+    const box = $("run-model");
+    box.hidden = !run.artifact_url;
+    if (!run.artifact_url) { box.replaceChildren(); return; }
+    box.replaceChildren(el("span", { class: "dl-label" }, "Trained model:"),
+      el("a", { href: run.artifact_url, download: "", class: "dl", id: "model-download" }, `Download model (${Api.fmtBytes(run.artifact_bytes)}, tar.gz)`),
+      el("span", { class: "dl-extra", title: "sha256 of the tar.gz" }, `sha256 ${run.artifact_sha256.slice(0, 16)}…`));
   }
 
   function renderMemory(run) {
