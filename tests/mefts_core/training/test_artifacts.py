@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import json
-import random
 import shutil
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from mefts_core.training.callbacks import Callback
 from mefts_core.training.predict import predict
 from mefts_core.training.prepare import build_model
 from mefts_core.training.trainer import run_training
+from tests.mefts_core.test_cli import _sentiment_csv
 
 METHODS = ("full", "lora", "adapter", "bitfit", "meft1", "meft2", "meft3")
 SMALL = dict(task="sst2", epochs=2, max_train_samples=32, max_eval_samples=32, batch_size=8, max_seq_len=64,
@@ -100,18 +100,6 @@ def test_artifact_reproduces_the_runs_test_metrics(method, tmp_path, capsys):
             rows = list(csv.DictReader(f))
         assert [r["prediction"] for r in rows] == [r["prediction"] for r in preds.rows]
         assert "accuracy" in capsys.readouterr().out
-
-
-def _sentiment_csv(path: Path, n: int, seed: int) -> None:
-    pos = ["great movie", "wonderful acting", "i loved it", "superb and moving", "a delight"]
-    neg = ["terrible film", "awful plot", "i hated it", "boring and dull", "a mess"]
-    rng = random.Random(seed)
-    with path.open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["review", "sentiment"])
-        for _ in range(n):
-            lab = rng.choice(["pos", "neg"])
-            w.writerow([rng.choice(pos if lab == "pos" else neg), lab])
 
 
 def test_local_csv_artifact_through_the_cli(tmp_path, capsys):
