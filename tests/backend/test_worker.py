@@ -195,10 +195,7 @@ def test_succeeded_run_keeps_its_model_which_downloads_and_reproduces_its_test_m
     import hashlib
     import tarfile
 
-    try:
-        from mefts_core import load_finetuned
-    except ImportError:  # not yet re-exported at the package's top
-        from mefts_core.training.artifacts import load_finetuned
+    from mefts_core import load_finetuned
     from mefts_core.training.predict import predict
 
     server = make_server()

@@ -470,9 +470,14 @@ def test_screenshots_and_no_horizontal_overflow(page, server, finished_run, scre
             else:
                 page.wait_for_selector("#preflight li")
             page.evaluate("() => { document.getElementById('flash').hidden = true; }")
-            page.wait_for_timeout(300)  # Plotly's responsive relayout
-            overflow = page.evaluate("() => document.documentElement.scrollWidth - window.innerWidth")
-            assert overflow <= 0, f"{name} at {width}px is {overflow}px wider than the window"
+            # Plotly's responsive relayout comes a moment after the draw (later on a loaded machine): wait for it,
+            # and fail if the page is still wider than the window after 5 s
+            try:
+                page.wait_for_function("() => document.documentElement.scrollWidth <= window.innerWidth",
+                                       timeout=5000)
+            except sync_api.TimeoutError:
+                overflow = page.evaluate("() => document.documentElement.scrollWidth - window.innerWidth")
+                raise AssertionError(f"{name} at {width}px is {overflow}px wider than the window") from None
             page.screenshot(path=str(screenshots / f"{name}-{width}.png"), full_page=True)
     finally:
         page.set_viewport_size({"width": 1280, "height": 800})
