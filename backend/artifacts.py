@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mefts_core.training.artifacts import folder_bytes
+
 RUNS_DIR = "runs"
 ARCHIVE = "model.tar.gz"
 
@@ -91,26 +93,6 @@ def artifact_file(data_dir: str | Path, stored: str | None) -> Path | None:
     return real
 
 
-def _tree_bytes(path: Path) -> int:
-    """Bytes of the files under `path` (symlinks not followed)."""
-    total = 0
-    stack = [path]
-    while stack:
-        try:
-            entries = list(os.scandir(stack.pop()))
-        except OSError:  # removed while we looked, or unreadable: what it held is not counted
-            continue
-        for entry in entries:
-            try:
-                if entry.is_dir(follow_symlinks=False):
-                    stack.append(Path(entry.path))
-                elif entry.is_file(follow_symlinks=False):
-                    total += entry.stat(follow_symlinks=False).st_size
-            except OSError:
-                continue
-    return total
-
-
 def disk_usage(data_dir: str | Path, top: int = 5) -> dict[str, Any]:
     """Disk use of the runs folder: {total_bytes, runs: the `top` largest as [{run_id, bytes}]} (no server path:
     the answer is public)."""
@@ -124,7 +106,7 @@ def disk_usage(data_dir: str | Path, top: int = 5) -> dict[str, Any]:
     for entry in entries:
         try:
             is_dir = entry.is_dir(follow_symlinks=False)
-            size = _tree_bytes(Path(entry.path)) if is_dir else entry.stat(follow_symlinks=False).st_size
+            size = folder_bytes(Path(entry.path)) if is_dir else entry.stat(follow_symlinks=False).st_size
         except OSError:
             continue
         total += size

@@ -172,6 +172,11 @@ def smollm2_dir() -> Path:
     return target
 
 
+def packaged_weights_dir(name: str) -> Path | None:
+    """The folder the real weights of a registry backbone load from (minilm-l6, smollm2-135m), else None."""
+    return {"minilm-l6": minilm_dir, "smollm2-135m": smollm2_dir}.get(name, lambda: None)()
+
+
 def load_backbone(
     name: str,
     *,
@@ -201,8 +206,8 @@ def load_backbone(
             model = cls.from_config(_random_config(spec, tok, num_layers, kw))
             model.config.mefts_random_init = True
         else:
-            path = {"minilm-l6": lambda: str(minilm_dir()), "smollm2-135m": lambda: str(smollm2_dir())}.get(
-                name, lambda: name)()
+            folder = packaged_weights_dir(name)
+            path = str(folder) if folder is not None else name
             cfg = AutoConfig.from_pretrained(path, **kw)
             if num_layers is not None:
                 cfg.num_hidden_layers = num_layers

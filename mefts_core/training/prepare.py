@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from mefts_core.backbones import BACKBONES, is_decoder, load_backbone, minilm_dir, smollm2_dir
+from mefts_core.backbones import BACKBONES, is_decoder, load_backbone, packaged_weights_dir
 from mefts_core.errors import ConfigError
 from mefts_core.tasks.encoding import encode
 from mefts_core.training.scoring import ChoiceScorer, encode_choices_lm
@@ -99,11 +99,8 @@ def weights_fingerprint(model: torch.nn.Module) -> str:
 
 def backbone_folder(name: str) -> Path | None:
     """The local folder a backbone's weights load from, or None (random init, or a hub id)."""
-    spec = BACKBONES.get(name)
-    if spec is not None:
-        if not spec.real_weights:
-            return None
-        return {"minilm-l6": minilm_dir, "smollm2-135m": smollm2_dir}.get(name, lambda: None)()
+    if name in BACKBONES:
+        return packaged_weights_dir(name)
     path = Path(name)
     return path.resolve() if path.is_dir() else None
 
