@@ -6,7 +6,7 @@ without a token.
 `confine_path` / `confine_run_paths` are used by backend.runspec when a run is validated.
 
 - Token: with MEFTS_API_TOKEN set, every POST/PUT/PATCH/DELETE (under /api, or anywhere) needs `Authorization: Bearer <token>`
-  (401 otherwise). Reads stay open. The token is compared in constant time and never logged or returned.
+  (401 otherwise). Reads stay open, and so do the POSTs that only compute (PURE_POSTS: estimate, method label). The token is compared in constant time and never logged or returned.
 - Guard: bodies over MEFTS_MAX_BODY_BYTES get 413 before the app reads them; JSON bodies with NaN/Infinity (not
   JSON) or lone UTF-16 surrogates (not Unicode) get 422, as they cannot be stored or echoed back.
 - CORS: closed unless MEFTS_CORS_ORIGINS lists origins.
@@ -38,6 +38,9 @@ from starlette.responses import Response
 log = logging.getLogger(__name__)
 
 MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+# POSTs that compute an answer from their body and store nothing (a JSON body is too rich for a query string): they
+# are reads, so they stay open like GETs. The match is exact, so "//api/estimate" still needs the token.
+PURE_POSTS = frozenset({"/api/estimate", "/api/catalog/label"})
 # Request fields that name local files or folders; they must lie inside the allowed roots.
 PATH_TASK_OPTIONS = ("data_dir", "train_file", "eval_file", "test_file")
 TOKEN_ENV = "MEFTS_API_TOKEN"
@@ -139,7 +142,8 @@ class RequestGuard:
             return
         method = scope["method"].upper()
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
-        if self.token is not None and method in MUTATING and not _authorized(headers.get("authorization"), self.token):
+        needs_token = method in MUTATING and scope.get("path") not in PURE_POSTS
+        if self.token is not None and needs_token and not _authorized(headers.get("authorization"), self.token):
             missing = "authorization" not in headers
             msg = (f"{'missing' if missing else 'invalid'} API token: this server requires "
                    f"`Authorization: Bearer <token>` ({TOKEN_ENV}) for {method} requests")

@@ -39,6 +39,7 @@ def _scenario(tmp_path, sync_api):
         page = browser.new_page()
         page.set_default_timeout(20_000)
         page.goto(server.url + "/#/submit")
+        page.wait_for_load_state("networkidle")  # the form's own requests (labels, estimates) are answered by now
         field = page.locator("#api-token")
         assert field.is_hidden()
         page.select_option("#f-backbone", "tiny-bert")

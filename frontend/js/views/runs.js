@@ -118,9 +118,10 @@ const Runs = (() => {
     const seq = ++state.runs.seq;
     const page = await Api.get("/api/runs", params());
     if (seq !== state.runs.seq) return;
+    if (page.items.some((r) => r.status === "queued")) await loadSystem();
+    if (seq !== state.runs.seq) return;  // a newer load started while the system answered: it renders, not this one
     state.runs.page = page;
     state.runs.byId = new Map(page.items.map((r) => [r.id, r]));
-    if (page.items.some((r) => r.status === "queued")) await loadSystem();
     const table = $("runs-table");
     const body = page.items.length ? page.items.map(row)
       : [el("tr", {}, el("td", { colspan: COLS.length, class: "empty" }, "No runs match. ", el("a", { href: "#/submit" }, "Submit one")))];
