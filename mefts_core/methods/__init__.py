@@ -16,10 +16,13 @@ from mefts_core.engine.options import MEFT_METHODS, MeftOptions
 from mefts_core.errors import ConfigError
 from mefts_core.methods.adapter import ADAPTER, AdapterOptions
 from mefts_core.methods.full import BITFIT, FULL, BitFitOptions, FullOptions
+from mefts_core.methods.ia3 import IA3, IA3Options
 from mefts_core.methods.labels import method_label, parse_label
 from mefts_core.methods.lora import LORA, LoraOptions
+from mefts_core.methods.lst import LST, LstOptions
 from mefts_core.methods.meft import MEFTS
 from mefts_core.methods.peers import PeerOptions, apply_peer_options, check_peer_options
+from mefts_core.methods.prefix import PREFIX, PrefixOptions
 from mefts_core.methods.registry import (
     METHODS,
     LayerTraining,
@@ -33,7 +36,7 @@ from mefts_core.methods.registry import (
 )
 
 # The built-in methods, in the order the catalog and the dashboard show them.
-for _spec in (FULL, LORA, ADAPTER, BITFIT, *MEFTS):
+for _spec in (FULL, LORA, ADAPTER, BITFIT, PREFIX, IA3, LST, *MEFTS):
     register_method(_spec)
 
 
@@ -49,7 +52,8 @@ def head_parameters(model: nn.Module) -> list[nn.Parameter]:
 def apply_method(model: nn.Module, method: str, **options: Any) -> nn.Module:
     """Prepare `model` in place for `method` and return it.
 
-    Methods: "full", "lora", "adapter", "bitfit", "meft1", "meft2", "meft3" and any registered one. Options are
+    Methods: "full", "lora", "adapter", "bitfit", "prefix", "ia3", "lst", "meft1", "meft2", "meft3" and any
+    registered one. Options are
     validated by `method_options` (ConfigError, a ValueError, naming the field and value).
     """
     return apply_options(model, method, method_options(method, **options))
@@ -83,7 +87,8 @@ def meft_stacks(model: nn.Module) -> list[nn.Module]:
 
 
 __all__ = [
-    "MEFT_METHODS", "METHODS", "AdapterOptions", "BitFitOptions", "FullOptions", "LayerTraining", "LoraOptions",
+    "MEFT_METHODS", "METHODS", "AdapterOptions", "BitFitOptions", "FullOptions", "IA3Options", "LayerTraining", "LoraOptions",
+    "LstOptions", "PrefixOptions",
     "MeftOptions", "MethodSpec", "PeerOptions", "apply_method", "apply_options", "head_parameters", "meft_stacks",
     "method_catalog", "method_label", "method_options", "method_spec", "options_dict", "parse_label",
     "register_method", "unregister_method",

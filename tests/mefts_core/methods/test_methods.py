@@ -22,6 +22,8 @@ CASES = [(m, {}) for m in METHODS] + [
     ("meft1", {"recompute": "float"}),
     ("meft2", {"reversible_layers": 1}),
     ("meft3", {"recompute": "checkpoint_every=1"}),
+    ("prefix", {"prefix_projection": True, "encoder_hidden_size": 16}),
+    ("lst", {"r": 4, "init": "random"}),
 ]
 
 
