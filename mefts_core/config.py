@@ -38,7 +38,7 @@ class TrainConfig:
     """One run: backbone × method (with its typed options) × task, and the hyperparameters."""
 
     backbone: str = field(metadata=_help("registry name (minilm-l6, tiny-bert, ...), a model folder or a hub id"))
-    method: str = field(metadata=_help("a registered method: full, lora, adapter, bitfit, meft1, meft2, meft3"))
+    method: str = field(metadata=_help("a registered method: full, lora, adapter, bitfit, prefix, ia3, lst, meft1, meft2, meft3"))
     task: str = field(metadata=_help("GLUE (cola, sst2, ...), QA (piqa, sciq, ...) or local"))
     method_options: Any = field(default_factory=dict, metadata=_help("the method's options (typed after validation)"))
     task_options: dict = field(default_factory=dict, metadata=_help(

@@ -15,6 +15,7 @@ from typing import Any
 from mefts_core.cli.common import _kv, comma_list, fail, setup_logging, write_json
 from mefts_core.config import TrainConfig, field_default, hyperparameter_fields
 from mefts_core.measure import tables
+from mefts_core.methods import METHODS
 from mefts_core.training.callbacks import Callback
 
 GRID_FIELDS = ("learning_rate", "batch_size", "epochs")  # a sweep's grid axes (flags --lrs, --batch-sizes, ...)
@@ -36,7 +37,7 @@ def add_run_args(p: argparse.ArgumentParser, sweep: bool) -> None:
     g = p.add_argument_group("run")
     # `train --resume DIR` takes the run from DIR's checkpoint: there the three are checked by cmd_train instead
     g.add_argument("--backbone", required=sweep, help="registry name (minilm-l6, tiny-bert, ...) or a model folder")
-    g.add_argument("--method", required=sweep, help="full, lora, adapter, bitfit, meft1, meft2, meft3")
+    g.add_argument("--method", required=sweep, help=", ".join(METHODS) + " (MEFT's default learning rate is 2e-3)")
     g.add_argument("--task", required=sweep, help="GLUE (cola, sst2, ...), QA (piqa, sciq, ...) or local")
     g.add_argument("--option", action="append", type=_kv, default=[], metavar="KEY=VALUE",
                    help="method option (repeatable; the value is parsed as JSON when possible), e.g. r=16")

@@ -80,7 +80,8 @@ def _prepared(backbone: str, method: str, layers: int | None, options: dict[str,
     except ConfigError as e:
         raise e if e.loc == ("method",) else e.within("options") from e
     if method_spec(method).estimate is None:
-        raise Unsupported("method", method, "registered without an estimate spec")
+        raise Unsupported("method", method, "not estimated: the analytic estimate has no layer walk for this "
+                                            "method; measure it (measure_step, mefts bench)")
     require(dtype in _ELEMENT, "dtype", dtype, f"must be one of {', '.join(_ELEMENT)}")
     require(device in ("cpu", "cuda"), "device", device, "must be cpu or cuda")
     summary = _model_summary(backbone, method, layers, json.dumps(options, sort_keys=True), dtype)
@@ -121,7 +122,8 @@ def estimate_memory(backbone: str, method: str, batch_size: int, seq_len: int, l
 
     Args:
         backbone: a registry name or local folder (mefts_core.backbones).
-        method: full, lora, adapter, bitfit, meft1, meft2, meft3 (options as for apply_method).
+        method: a registered method with an estimate spec: full, lora, adapter, bitfit, meft1, meft2, meft3
+            (options as for apply_method); prefix, ia3 and lst raise Unsupported (measure them instead).
         batch_size, seq_len: the batch shape; every token is real (no padding).
         layers: depth override (architecture-only backbones), None for the backbone's own.
         options: method options, a dict (validated by the method registry) or the typed options.
