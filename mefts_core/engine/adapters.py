@@ -1,7 +1,7 @@
 """The bottleneck adapter and the wrapper that plugs it into a post-LN output sub-block.
 
 One adapter serves the "adapter" baseline (Houlsby / Pfeiffer / parallel placement) and every MEFT variant
-(meft-spec.md §2.4): Adapter(x) = W_up · Dropout(act(W_down · x + b_d)) + b_u, no internal residual.
+(docs/method.md §3): Adapter(x) = W_up · Dropout(act(W_down · x + b_d)) + b_u, no internal residual.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Stream arithmetic of the scaled additive coupling y = s·x + F(·): float (the paper's) or exact fixed point.
 
-Exact mode (MacKay et al. 2018, meft-spec.md §9): streams are int64 with `frac_bits` fractional bits; F and G run in
+Exact mode (MacKay et al. 2018, docs/method.md §6): streams are int64 with `frac_bits` fractional bits; F and G run in
 float on the streams' float values and their outputs are rounded to fixed point; a scale s = p/q is applied as a floor
 division whose remainders (0..q-1) go to a small buffer. The inverse pops the buffer, so it is bit-exact at any depth.
 """

@@ -1,4 +1,4 @@
-"""MEFT1/2/3 wiring (meft-spec.md §2): which pieces become F and G, the stream swap, and the merge at the top.
+"""MEFT1/2/3 wiring (docs/method.md §2): which pieces become F and G, the stream swap, and the merge at the top.
 
 Generic over families: each layer list of the model (BERT's encoder; BART's encoder, then decoder; a decoder's
 layers) gets its own reversible stack, installed in the model's own layer loop (models/base.py).
@@ -26,7 +26,7 @@ class StreamMerge(nn.Module):
     """Merge the two final streams into one hidden state.
 
     gated:   h = track + gate ⊙ (other − track), gate = 0 at init: starts exactly at the PLM-tracking stream.
-    average: h = (s1 + s2) / 2, as in the reference code (costs starting-point fidelity, meft-spec.md §2.5).
+    average: h = (s1 + s2) / 2, as in the reference code (costs starting-point fidelity, docs/method.md §4).
     """
 
     def __init__(self, mode: str, tracking: int, hidden_size: int) -> None:

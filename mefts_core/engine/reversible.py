@@ -1,7 +1,7 @@
 """The reversible stack: MEFT's two-stream coupling with a custom backward that rebuilds inputs from outputs.
 
 Layer n:  y1 = λ·x1 + F(x2);  y2 = β·x2 + G(y1);  MEFT1/2 emit (y2, y1) (the streams swap), MEFT3 (y1, y2).
-Backward (meft-spec.md §3.2) recomputes G then F one layer at a time, under the forward's replayed dropout seeds and
+Backward (docs/method.md §5) recomputes G then F one layer at a time, under the forward's replayed dropout seeds and
 autocast state, and inverts the coupling to get the layer's input. Only the top state (plus, in exact mode, the
 remainder buffers) is kept from forward to backward, so activation memory does not grow with depth. The recompute
 itself (the replay, what forward keeps, each function's staged VJP) is in mefts_core.engine.recompute.
@@ -51,7 +51,7 @@ class ReversibleStack(nn.Module):
         self.blocks = nn.ModuleList(blocks)
         self.lam, self.beta, self.swap = lam, beta, swap
         # Pre-LN blocks return x + branch(x): the bypass then scales the stream *difference*,
-        # y1 = λ·(x1 − x2) + F(x2), so that a start near the PLM is not pushed off by λ·x1 (meft-spec.md §4).
+        # y1 = λ·(x1 − x2) + F(x2), so that a start near the PLM is not pushed off by λ·x1 (docs/method.md §1).
         self.f_residual, self.g_residual = f_residual, g_residual
         self.exact = exact
         # piecewise (recompute_unit="sublayer"): backward recomputes a layer one piece (sub-block) at a time, so only

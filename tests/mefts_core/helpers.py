@@ -23,7 +23,7 @@ SENTENCES = [
 
 def tiny(family: str = "bert", layers: int = 2, hidden: int = 32, dropout: float = 0.1, seed: int = 0,
          dtype: torch.dtype = torch.float32):
-    """A random post-LN encoder with a 2-way classifier (meft-spec §8 default: 2-4 layers, d=32-64)."""
+    """A random post-LN encoder with a 2-way classifier (docs/method.md §10: 2-4 layers, d=32-64)."""
     kw = dict(vocab_size=120, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=4,
               intermediate_size=2 * hidden, hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout,
               max_position_embeddings=64, num_labels=2)

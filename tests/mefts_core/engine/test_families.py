@@ -1,6 +1,6 @@
 """MEFT beyond encoders: BART (encoder-decoder), OPT and Llama (pre-LN decoders), and the real SmolLM2-135M.
 
-meft-spec.md §8 checks A1-A6 and A10 per family on tiny random configs, exact-mode gradient equality at 24 layers,
+docs/method.md §10 checks A1-A6 and A10 per family on tiny random configs, exact-mode gradient equality at 24 layers,
 flat stored memory in depth, and the real-weights checks on SmolLM2.
 """
 

@@ -1,4 +1,4 @@
-"""Acceptance checks A1-A5, A8, A9 of meft-spec.md §8 for the reversible engine, and exact-mode gradient equality."""
+"""Acceptance checks A1-A5, A8, A9 of docs/method.md §10 for the reversible engine, and exact-mode gradient equality."""
 
 from __future__ import annotations
 
@@ -74,7 +74,7 @@ def test_a2_stack_round_trip_float_error_grows_and_exact_is_zero(variant, record
 
 
 def test_a2_error_grows_geometrically_with_depth(record_property):
-    """Float mode: the rebuilt inputs' error grows ~1/λ per layer downwards (meft-spec §3.6)."""
+    """Float mode: the rebuilt inputs' error grows ~1/λ per layer downwards (docs/method.md §6)."""
     torch.manual_seed(0)
     h0 = torch.randn(2, 6, 32, dtype=torch.float64)
     model = meft_model("meft1", layers=8, dtype=torch.float64, recompute="float").eval()
@@ -139,7 +139,7 @@ def test_a3_wiring_tracks_the_plm_exactly_with_bypass_zero(family, variant):
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_a3_starting_point_on_real_minilm(variant, record_property):
     """Paper init (λ, β defaults, adapters N(0, 0.02²)): cosine with the PLM's last hidden state (over the whole
-    flattened tensor, as in meft-spec.md §9: MEFT1 0.983 tracking stream vs 0.910 averaged; MEFT3 0.974 vs 0.862)."""
+    flattened tensor, as in docs/method.md §4: MEFT1 0.983 tracking stream vs 0.910 averaged; MEFT3 0.974 vs 0.862)."""
     from mefts_core.methods import apply_method
 
     plain, tok = minilm(head="base")
