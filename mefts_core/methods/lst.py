@@ -38,7 +38,8 @@ class LstOptions:
     r: int = field(default=8, metadata={"help": "reduction factor: the side network is d/r wide (FFN I/r)"})
     gate_temperature: float = field(default=0.1, metadata={"help": "T in the ladder gate sigmoid(α/T)"})
     init: str = field(default="prune", metadata={
-        "help": "side layers: prune (structured pruning of the backbone's weights, as LST) or random"})
+        "help": "side-layer init (prune: structured pruning of the backbone's weights, as LST does): one of "
+                + ", ".join(LST_INITS)})
 
     def __post_init__(self) -> None:
         require(is_int(self.r) and self.r >= 1, "r", self.r, "must be an integer >= 1")

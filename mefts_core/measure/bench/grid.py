@@ -17,7 +17,8 @@ import torch
 from mefts_core.errors import ConfigError, is_int, require
 from mefts_core.methods import MEFT_METHODS, parse_label
 
-STANDARD_METHODS = ["full", "full+gc", "lora", "lora+gc", "adapter", "bitfit", "meft1-float", "meft1-exact",
+STANDARD_METHODS = ["full", "full+gc", "lora", "lora+gc", "adapter", "bitfit", "prefix", "ia3", "lst", "meft1-float",
+                    "meft1-exact",
                     "meft2-float", "meft2-exact", "meft3-float", "meft3-exact"]
 CURVE_METHODS = ["full", "full+gc", "lora", "lora+gc", "meft1-float", "meft1-exact"]
 

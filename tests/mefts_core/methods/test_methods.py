@@ -214,3 +214,19 @@ def test_a_bad_label_names_itself():
     for bad in ("meft1+gc", "lora-float", "sgd", "meft1-ck0", "lora(r=0)", "lora(bogus=1)"):
         with pytest.raises(ConfigError):
             parse_label(bad)
+
+
+def test_lst_keeps_no_backbone_activations_and_its_side_starts_from_the_pruned_backbone():
+    """LST's backbone runs under no_grad: its stored activations are the ladders' inputs and the narrow side network,
+    well under LoRA's (which keeps every layer's); and the pruned side layer is the backbone layer's sub-matrix."""
+    batch = {**tiny_batch(batch=4, seq=32), "labels": torch.zeros(4, dtype=torch.long)}
+    stored = {m: measure_step(apply_method(tiny("bert", layers=4, hidden=64), m).train(), batch)
+              .stored_activation_bytes for m in ("lora", "lst")}
+    assert stored["lst"] < 0.6 * stored["lora"], stored
+    model = apply_method(tiny("bert", layers=2, hidden=32), "lst", r=2)
+    full, side = model.bert.encoder.layer[1], model.bert.lst.layers[1]
+    w_full, w_side = full.intermediate.dense.weight, side.intermediate.dense.weight  # (I, d), (I/2, d/2)
+    assert w_side.shape == (w_full.shape[0] // 2, w_full.shape[1] // 2)
+    # every side row is a kept backbone row restricted to the kept residual columns
+    assert all(any(torch.isin(w_side[j], w_full[i]).all() for i in range(w_full.shape[0]))
+               for j in range(w_side.shape[0]))
