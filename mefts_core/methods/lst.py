@@ -28,7 +28,6 @@ from mefts_core.errors import ConfigError, is_int, is_number, require
 from mefts_core.methods.registry import MethodSpec
 
 LST_INITS = ("prune", "random")
-_INNER_ROWS = (".query.", ".key.", ".value.")  # weights whose rows are the attention's inner (per-head) dims
 
 
 @dataclass
@@ -49,6 +48,7 @@ class LstOptions:
 
 
 def _side_config(config, r: int):
+    """The backbone's config at width d/r, FFN I/r, and the most heads (<= the backbone's) that divide d/r."""
     d, inner = config.hidden_size // r, config.intermediate_size // r
     if d < 1 or inner < 1:
         raise ConfigError("r", r, f"leaves no width: hidden {config.hidden_size}/r, FFN {config.intermediate_size}/r")

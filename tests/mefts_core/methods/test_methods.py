@@ -121,6 +121,10 @@ def test_partial_reversibility_and_checkpointed_float_mode():
         ("meft3", {"bottleneck": 0}, "bottleneck=0"),
         ("adapter", {"placement": "middle"}, "placement='middle'"),
         ("lora", {"r": -1}, "r=-1"),
+        ("lst", {"r": 0}, "r=0"),
+        ("lst", {"init": "magic"}, "init='magic'"),
+        ("prefix", {"num_virtual_tokens": 0}, "num_virtual_tokens=0"),
+        ("ia3", {"init_scale": -1}, "init_scale=-1"),
     ],
 )
 def test_bad_options_name_the_field_and_value(method, options, needle):
@@ -197,6 +201,8 @@ def test_meft_stored_memory_is_flat_in_depth(record_property):
     ("meft2", {"recompute": "checkpoint_every=3", "recompute_unit": "sublayer", "bottleneck": 16},
      "meft2-ck3-sublayer(bottleneck=16)"),
     ("meft3", {"lam": 0.25, "error_budget": None}, "meft3(error_budget=None,lam=0.25)"),
+    ("lst", {"r": 4, "init": "random"}, "lst(init=random,r=4)"),
+    ("prefix", {"num_virtual_tokens": 8, "gradient_checkpointing": True}, "prefix(num_virtual_tokens=8)+gc"),
 ])
 def test_one_label_per_method_and_options_and_back(method, options, label):
     """Run tables, the bench and the dashboard name a method one way, and a label reads back to its options."""
