@@ -217,7 +217,7 @@ def test_the_catalog_names_a_method_as_the_run_tables_do(client):
     assert run["method_label"] == "full"
     bad = client.post("/api/catalog/label", json={"method": "lora", "method_options": {"r": 0}})
     assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["body", "method_options", "r"]
-    bad = client.post("/api/catalog/label", json={"method": "prefix"})
+    bad = client.post("/api/catalog/label", json={"method": "nosuchmethod"})
     assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["body", "method"]
 
 

@@ -25,7 +25,7 @@ from mefts_core.training.prepare import build_model
 from mefts_core.training.trainer import run_training
 from tests.mefts_core.test_cli import _sentiment_csv
 
-METHODS = ("full", "lora", "adapter", "bitfit", "prefix", "ia3", "lst", "meft1", "meft2", "meft3")
+METHODS = ("full", "lora", "adapter", "bitfit", "meft1", "meft2", "meft3")
 SMALL = dict(task="sst2", epochs=2, max_train_samples=32, max_eval_samples=32, batch_size=8, max_seq_len=64,
              measure_memory=False, check_gradients=False, threads=1)
 TINY = dict(backbone="tiny-bert", task="sst2", max_train_samples=32, max_eval_samples=16, batch_size=8,
