@@ -413,3 +413,33 @@ class BenchRowOut(BaseModel):
 class BenchList(BaseModel):
     total: int
     rows: list[BenchRowOut]
+
+
+class FitFigure(BaseModel):
+    """One figure of the Fits view and where it comes from."""
+
+    value: float | None = Field(description="the figure (bytes, seconds, tokens/s or a batch size); null: unknown")
+    source: str = Field(description="measured | interpolated | estimated | unknown")
+    how: str = Field(description="which points or model gave it")
+
+
+class MethodFit(BaseModel):
+    method: str = Field(description="the method label")
+    max_batch: FitFigure
+    peak_bytes: FitFigure
+    step_seconds: FitFigure
+    tokens_per_second: FitFigure
+    measured_points: int = Field(description="measured steps of this method at this point (runs and bench rows)")
+
+
+class Fits(BaseModel):
+    """What fits in a memory budget, per method (mefts_core.measure.fits)."""
+
+    budget_bytes: int
+    budget_gib: float
+    backbone: str
+    layers: int | None
+    seq_len: int
+    dtype: str
+    device: str
+    methods: list[MethodFit]
