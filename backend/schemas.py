@@ -443,3 +443,25 @@ class Fits(BaseModel):
     dtype: str
     device: str
     methods: list[MethodFit]
+
+
+class StartState(BaseModel):
+    """What an empty dashboard offers: the shipped benchmark rows and a demo sweep (backend/firststart.py)."""
+
+    runs: int
+    bench_rows: int
+    shipped_files: list[str] = Field(description="the shipped bench-row files (docs/results)")
+    shipped_rows: int
+    demo_sweep_id: int | None
+
+
+class StartImport(BaseModel):
+    stored: int = Field(description="shipped rows stored now")
+    already: int = Field(description="shipped rows that were stored before (not stored twice)")
+    files: list[str]
+
+
+class StartDemo(BaseModel):
+    sweep_id: int
+    run_ids: list[int]
+    created: bool = Field(description="false: the demo sweep was queued before and is not queued twice")

@@ -76,6 +76,11 @@ def get_sweep(*, session: Session, sweep_id: int) -> Sweep | None:
     return session.get(Sweep, sweep_id)
 
 
+def sweep_named(*, session: Session, name: str) -> Sweep | None:
+    """The oldest sweep of that name (the first start's demo sweep is found by its name)."""
+    return session.scalars(select(Sweep).where(Sweep.name == name).order_by(Sweep.id).limit(1)).first()
+
+
 def list_sweeps(*, session: Session, limit: int = 100, offset: int = 0) -> list[Sweep]:
     return list(session.scalars(select(Sweep).order_by(Sweep.id.desc()).limit(limit).offset(offset)))
 
