@@ -418,7 +418,8 @@ class BenchList(BaseModel):
 class FitFigure(BaseModel):
     """One figure of the Fits view and where it comes from."""
 
-    value: float | None = Field(description="the figure (bytes, seconds, tokens/s or a batch size); null: unknown")
+    value: int | float | None = Field(description="the figure (bytes or a batch size: integers; seconds, tokens/s); "
+                                                   "null: unknown")
     source: str = Field(description="measured | interpolated | estimated | unknown")
     how: str = Field(description="which points or model gave it")
 

@@ -26,6 +26,7 @@
     if (parts[0] === "submit") { showView("submit"); return Submit.show(params); }
     if (parts[0] === "fits") { showView("fits"); return Fits.show(params); }
     showView("compare");
+    guard(FirstStart.check)();
     return Compare.show(params);
   }
 
