@@ -98,11 +98,14 @@ const Fits = (() => {
     const Plotly = await Charts.ready();
     const ms = data.methods;
     const colors = Charts.colorMap(ms.map((m) => m.method));
+    const narrow = $("fits-chart").clientWidth < 640;
     const line = (label, key, m) => `${label}: ${figureText(key, m[key])} (${m[key].source})`;
     const trace = {
       type: "bar", x: ms.map((m) => m.method), y: ms.map((m) => m.max_batch.value ?? 0),
       marker: { color: ms.map((m) => colors[m.method]), opacity: ms.map((m) => (m.max_batch.source === "measured" ? 1 : 0.75)) },
-      text: ms.map((m) => `${figureText("max_batch", m.max_batch)} · ${m.max_batch.source}`), textposition: "outside",
+      // a narrow window has room for the number only; the source stays in the hover and the table
+      text: ms.map((m) => figureText("max_batch", m.max_batch) + (narrow ? "" : ` · ${m.max_batch.source}`)),
+      textposition: "outside",
       cliponaxis: false,
       customdata: ms.map((m) => [m.max_batch.source, m.peak_bytes.source, m.step_seconds.source]),
       hovertext: ms.map((m) => [line("largest batch", "max_batch", m), line("peak", "peak_bytes", m),

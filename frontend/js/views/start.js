@@ -15,7 +15,7 @@ const FirstStart = (() => {
     const box = $("first-start");
     const canImport = s.bench_rows === 0 && s.shipped_rows > 0;
     const canDemo = s.runs === 0 && s.demo_sweep_id === null;
-    box.hidden = !(canImport || canDemo);
+    box.hidden = s.runs > 0 || !(canImport || canDemo);  // once runs exist, the dashboard has its own content
     box.dataset.state = JSON.stringify({ runs: s.runs, bench_rows: s.bench_rows });
     if (box.hidden) return;
     box.replaceChildren(
