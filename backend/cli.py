@@ -38,10 +38,28 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from backend.main import create_app
 
+    if args.demo:
+        first_start(settings)
+
     app = create_app(settings, start_worker=not args.no_worker)
     log.info("serving on http://%s:%d (worker: %s)", args.host, args.port, "off" if args.no_worker else "embedded")
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level.lower(), timeout_graceful_shutdown=5)
     return 0
+
+
+def first_start(settings) -> None:
+    """`serve --demo`: the shipped benchmark rows and the demo sweep, each added once (a second start adds none)."""
+    from backend import firststart
+    from db.session import make_engine, make_sessionmaker, session_scope, upgrade_database
+
+    upgrade_database(settings.db_url)
+    engine = make_engine(settings.db_url)
+    with session_scope(make_sessionmaker(engine)) as s:
+        rows = firststart.import_shipped(s)
+        demo = firststart.queue_demo(s, settings)
+    engine.dispose()
+    log.info("--demo: %d shipped bench rows stored (%d already there); demo sweep %d %s", rows["stored"],
+             rows["already"], demo["sweep_id"], "queued" if demo["created"] else "was queued before")
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -195,6 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--no-worker", action="store_true", help="do not run jobs in this process")
     p.add_argument("--cpu-slots", type=int, help="concurrent CPU jobs (default: $MEFTS_CPU_SLOTS or 1)")
+    p.add_argument("--demo", action="store_true",
+                   help="first start: import the shipped benchmark rows (docs/results) and queue a small demo sweep "
+                        "on tiny data; each only once")
     _common(p)
     p.set_defaults(func=cmd_serve)
 

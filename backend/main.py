@@ -14,7 +14,7 @@ from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
 from backend import security
-from backend.routes import bench, estimate, results, runs, sweeps, system
+from backend.routes import bench, estimate, fits, results, runs, start, sweeps, system
 from backend.settings import Settings, get_settings
 from db.session import make_engine, make_sessionmaker, upgrade_database
 
@@ -71,7 +71,8 @@ def create_app(
     app.state.settings = settings
     app.state.stopping = threading.Event()
     security.install(app, settings)  # token, body limit, JSON hygiene, CORS, 507/503 for a full or busy database
-    for router in (runs.router, sweeps.router, results.router, system.router, estimate.router, bench.router):
+    for router in (runs.router, sweeps.router, results.router, system.router, estimate.router, bench.router,
+                   fits.router, start.router):
         app.include_router(router, prefix="/api")
 
     @app.get("/static/plotly.min.js", include_in_schema=False, response_model=None, response_class=FileResponse)

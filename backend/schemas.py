@@ -413,3 +413,56 @@ class BenchRowOut(BaseModel):
 class BenchList(BaseModel):
     total: int
     rows: list[BenchRowOut]
+
+
+class FitFigure(BaseModel):
+    """One figure of the Fits view and where it comes from."""
+
+    value: int | float | None = Field(description="the figure (bytes or a batch size: integers; seconds, tokens/s); "
+                                                   "null: unknown")
+    source: str = Field(description="measured | interpolated | estimated | unknown")
+    how: str = Field(description="which points or model gave it")
+
+
+class MethodFit(BaseModel):
+    method: str = Field(description="the method label")
+    max_batch: FitFigure
+    peak_bytes: FitFigure
+    step_seconds: FitFigure
+    tokens_per_second: FitFigure
+    measured_points: int = Field(description="measured steps of this method at this point (runs and bench rows)")
+
+
+class Fits(BaseModel):
+    """What fits in a memory budget, per method (mefts_core.measure.fits)."""
+
+    budget_bytes: int
+    budget_gib: float
+    backbone: str
+    layers: int | None
+    seq_len: int
+    dtype: str
+    device: str
+    methods: list[MethodFit]
+
+
+class StartState(BaseModel):
+    """What an empty dashboard offers: the shipped benchmark rows and a demo sweep (backend/firststart.py)."""
+
+    runs: int
+    bench_rows: int
+    shipped_files: list[str] = Field(description="the shipped bench-row files (docs/results)")
+    shipped_rows: int
+    demo_sweep_id: int | None
+
+
+class StartImport(BaseModel):
+    stored: int = Field(description="shipped rows stored now")
+    already: int = Field(description="shipped rows that were stored before (not stored twice)")
+    files: list[str]
+
+
+class StartDemo(BaseModel):
+    sweep_id: int
+    run_ids: list[int]
+    created: bool = Field(description="false: the demo sweep was queued before and is not queued twice")

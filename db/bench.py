@@ -7,7 +7,7 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from db.models import BenchRow
@@ -76,3 +76,17 @@ def list_bench_rows(*, session: Session, backbone: str | None = None, method: st
     if method:
         q = q.where(BenchRow.method == method)
     return list(session.scalars(q.order_by(BenchRow.id).limit(limit)))
+
+
+# What makes two stored rows the same measurement (first start imports a shipped row only once).
+ROW_KEY = ("backbone", "method", "layers", "seq_len", "batch_size", "dtype", "device", "peak_bytes")
+
+
+def bench_row_keys(*, session: Session) -> set[tuple]:
+    """The ROW_KEY of every stored row."""
+    cols = [getattr(BenchRow, k) for k in ROW_KEY]
+    return {tuple(r) for r in session.execute(select(*cols))}
+
+
+def count_bench_rows(*, session: Session) -> int:
+    return int(session.scalar(select(func.count()).select_from(BenchRow)) or 0)

@@ -20,6 +20,7 @@ from db.models import (
     MEMORY_JSON_FIELDS,
     MEMORY_STR_FIELDS,
     TERMINAL,
+    BenchRow,
     MemoryReportRow,
     MetricPoint,
     Run,
@@ -73,6 +74,11 @@ def get_run(*, session: Session, run_id: int) -> Run | None:
 
 def get_sweep(*, session: Session, sweep_id: int) -> Sweep | None:
     return session.get(Sweep, sweep_id)
+
+
+def sweep_named(*, session: Session, name: str) -> Sweep | None:
+    """The oldest sweep of that name (the first start's demo sweep is found by its name)."""
+    return session.scalars(select(Sweep).where(Sweep.name == name).order_by(Sweep.id).limit(1)).first()
 
 
 def list_sweeps(*, session: Session, limit: int = 100, offset: int = 0) -> list[Sweep]:
@@ -640,3 +646,30 @@ def list_workers(*, session: Session, since: dt.datetime | None = None) -> list[
     if since is not None:
         stmt = stmt.where(or_(Worker.heartbeat_at >= since))
     return list(session.scalars(stmt))
+
+
+# ---------------------------------------------------------------------------------------------------- fits
+
+
+def measured_points(*, session: Session, backbone: str, seq_len: int, limit: int = 5000) -> list[dict[str, Any]]:
+    """Measured training steps of `backbone` at `seq_len` as plain rows for mefts_core.measure.fits: bench rows
+    (`mefts bench-import`) and every run's newest memory report (its batch shape, peak, step time, device)."""
+    out: list[dict[str, Any]] = []
+    bench = select(BenchRow).where(BenchRow.backbone == backbone, BenchRow.seq_len == seq_len)
+    for r in session.scalars(bench.order_by(BenchRow.id).limit(limit)):
+        name = (r.row or {}).get("device_name") or r.device
+        out.append({"backbone": r.backbone, "method": r.method, "layers": r.layers, "seq_len": r.seq_len,
+                    "batch_size": r.batch_size, "dtype": r.dtype, "device": r.device, "status": r.status,
+                    "peak_bytes": r.peak_bytes, "step_seconds": r.step_seconds,
+                    "where": f"bench row {r.id}, {name}"})
+    runs = (select(Run.id, Run.method_label, Run.config, MemoryReportRow)
+            .join(MemoryReportRow, MemoryReportRow.run_id == Run.id)
+            .where(Run.backbone == backbone, MemoryReportRow.seq_len == seq_len,
+                   MemoryReportRow.attempt == Run.attempts)
+            .order_by(Run.id).limit(limit))
+    for run_id, label, config, m in session.execute(runs):
+        out.append({"backbone": backbone, "method": label, "layers": None, "seq_len": m.seq_len,
+                    "batch_size": m.batch_size, "dtype": "bfloat16" if (config or {}).get("bf16") else "float32",
+                    "device": m.device, "peak_bytes": m.peak_bytes, "step_seconds": m.step_seconds,
+                    "where": f"run {run_id}, {m.device}"})
+    return out

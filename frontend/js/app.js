@@ -6,7 +6,7 @@
   const { $, state, flash, guard, parseHash } = UI;
 
   // ---------------------------------------------------------------------------------------------- routing
-  const VIEWS = ["compare", "runs", "submit", "run"];
+  const VIEWS = ["compare", "runs", "submit", "fits", "run"];
 
   function showView(name) {
     for (const v of VIEWS) $(`view-${v}`).hidden = v !== name;
@@ -24,7 +24,9 @@
     if (parts[0] === "runs" && parts[1]) { showView("run"); return Detail.show(Number(parts[1])); }
     if (parts[0] === "runs") { showView("runs"); return Runs.show(params); }
     if (parts[0] === "submit") { showView("submit"); return Submit.show(params); }
+    if (parts[0] === "fits") { showView("fits"); return Fits.show(params); }
     showView("compare");
+    guard(FirstStart.check)();
     return Compare.show(params);
   }
 

@@ -6,6 +6,7 @@
     predict.py `predict`
     sweep.py   `sweep`
     bench.py   `bench` (mefts_core.measure.bench)
+    fits.py    `fits` (mefts_core.measure.fits)
     common.py  argument types, logging, the error exit, writing a JSON result
 
 `add_core_commands(subparsers)` registers all four on another program's argparse subparsers (the `mefts` console
@@ -22,6 +23,7 @@ from typing import Any
 
 from mefts_core.cli.bench import add_bench_command
 from mefts_core.cli.common import _kv
+from mefts_core.cli.fits import add_fits_command
 from mefts_core.cli.predict import add_predict_command
 from mefts_core.cli.sweep import add_sweep_command, grid_points
 from mefts_core.cli.train import add_train_command
@@ -30,11 +32,12 @@ __all__ = ["_kv", "add_core_commands", "build_parser", "grid_points", "main"]
 
 
 def add_core_commands(subparsers: Any) -> None:
-    """Add `train`, `predict`, `sweep` and `bench` to an argparse subparsers object."""
+    """Add `train`, `predict`, `sweep`, `bench` and `fits` to an argparse subparsers object."""
     add_train_command(subparsers)
     add_predict_command(subparsers)
     add_sweep_command(subparsers)
     add_bench_command(subparsers)
+    add_fits_command(subparsers)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -136,7 +136,7 @@ def estimate_memory(backbone: str, method: str, batch_size: int, seq_len: int, l
         cuBLAS workspaces), stored_activation_bytes,
         activation_bytes (the peak rise over forward+backward; also as peak_activation_bytes, MemoryReport's name),
         optimizer_step_bytes (AdamW's transient),
-        peak_bytes; and trainable_params, total_params, and `terms` (the named parts of the activation count).
+        peak_bytes; and trainable_params, total_params, layers (the depth counted), and `terms` (the named parts of the activation count).
 
     Raises:
         ConfigError (a ValueError): a bad argument, its `loc` naming it (method options under "options").
@@ -173,6 +173,7 @@ def estimate_memory(backbone: str, method: str, batch_size: int, seq_len: int, l
         "peak_activation_bytes": int(act_peak),  # the same, named as in memory.MemoryReport
         "optimizer_step_bytes": int(opt_step), "peak_bytes": int(sum(static.values()) + max(act_peak, opt_step)),
         "trainable_params": summary["trainable_params"], "total_params": summary["total_params"],
+        "layers": getattr(summary["config"], "num_hidden_layers", None),
         "attention": attention, "terms": {k: int(v) for k, v in terms.items()},
     }
 
