@@ -2,11 +2,13 @@
 10,000 runs, and the SSE stream with many clients.
 
     .venv/bin/python bench/load.py [--posts 500] [--runs 10000] [--requests 200] [--concurrency 16]
-                                   [--sse-clients 50] [--sse-updates 20] [--time-limit 600]
+                                   [--sse-clients 50] [--sse-updates 20] [--time-limit 600] [--burst-only]
 
 1. POST burst: `--posts` POST /api/runs at once (one asyncio task and connection each), every one with a unique
    name; then every acknowledged id is checked in the database: stored exactly once, under its own name, nothing
-   lost, nothing duplicated.
+   lost, nothing duplicated. Meanwhile a separate client (a thread with its own connection, as a browser user
+   beside a script) lists GET /api/runs?limit=50 one request after another and queues one run of its own: its
+   latencies say whether the burst starves everyone else.
 2. List: a fresh database filled with `--runs` runs shaped like real ones (bench/api_latency.py's `fill`), then
    GET /api/runs (newest 50; a filtered, sorted page) one at a time and from `--concurrency` clients at once.
 3. SSE: `--sse-clients` clients on /api/events while `--sse-updates` runs are queued one by one (each queue is an
@@ -25,6 +27,7 @@ import os
 import sqlite3
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -55,11 +58,45 @@ def _p(values: list[float], q: float) -> float:
 
 
 # ------------------------------------------------------------------------------------------------ 1. POST burst
-async def post_burst(url: str, n: int, *, prefix: str = "load", timeout: float = 120.0) -> dict:
-    """`n` concurrent POST /api/runs with names `{prefix}-{i}`. Returns answers and latencies."""
+SIDE_POST_AFTER = 3  # the side client queues its run after this many lists, well inside the burst
+
+
+def side_client(url: str, started: threading.Event, done: threading.Event, *, timeout: float = 120.0) -> dict:
+    """While the burst runs: GET /api/runs?limit=50 back to back, and one POST /api/runs (name `side-0`) after
+    SIDE_POST_AFTER lists. Latencies in ms; `post_status`/`post_id` to check the run was stored once."""
+    gets: list[float] = []
+    out: dict = {"gets": gets, "post_ms": None, "post_status": None, "post_id": None, "post_in_burst": False}
+    with httpx.Client(base_url=url, timeout=timeout, headers=auth_headers()) as http:
+        http.get("/api/health")  # the connection is open before the burst starts
+        started.wait()
+        while not done.is_set() or out["post_ms"] is None:
+            if len(gets) >= SIDE_POST_AFTER and out["post_ms"] is None:
+                t = time.perf_counter()
+                r = http.post("/api/runs", json={**RUN, "name": "side-0"})
+                out.update(post_ms=(time.perf_counter() - t) * 1000, post_status=r.status_code,
+                           post_id=r.json().get("id") if r.status_code == 201 else None,
+                           post_in_burst=not done.is_set())
+                continue
+            t = time.perf_counter()
+            r = http.get("/api/runs", params={"limit": 50})
+            if not done.is_set():  # only what the burst delayed counts
+                gets.append((time.perf_counter() - t) * 1000)
+            r.raise_for_status()
+    return out
+
+
+async def post_burst(url: str, n: int, *, prefix: str = "load", timeout: float = 120.0, side: bool = False) -> dict:
+    """`n` concurrent POST /api/runs with names `{prefix}-{i}` (and with `side`, the side client beside them).
+    Returns answers and latencies."""
     limits = httpx.Limits(max_connections=n, max_keepalive_connections=n)
     results: list[tuple[str, int | None, int | None, float, str]] = []
     start = asyncio.Event()
+    started, done, side_out = threading.Event(), threading.Event(), {}
+    thread = None
+    if side:
+        thread = threading.Thread(target=lambda: side_out.update(side_client(url, started, done, timeout=timeout)),
+                                  name="side-client", daemon=True)
+        thread.start()
 
     async with httpx.AsyncClient(base_url=url, limits=limits, timeout=timeout, headers=auth_headers()) as http:
         async def one(i: int) -> None:
@@ -77,22 +114,32 @@ async def post_burst(url: str, n: int, *, prefix: str = "load", timeout: float =
         await asyncio.sleep(0.2)
         t0 = time.perf_counter()
         start.set()
-        await asyncio.wait_for(asyncio.gather(*tasks), timeout)
+        started.set()
+        try:
+            await asyncio.wait_for(asyncio.gather(*tasks), timeout)
+        finally:
+            done.set()
         wall = time.perf_counter() - t0
-    return {"results": results, "wall": wall}
+    if thread is not None:
+        await asyncio.to_thread(thread.join, timeout)
+    return {"results": results, "wall": wall, "side": side_out or None}
 
 
-def check_stored_once(db_path: Path, results: list, prefix: str = "load") -> dict:
-    """Every acknowledged POST is in the runs table exactly once under its name; no name is stored twice."""
+def check_stored_once(db_path: Path, results: list, prefix: str = "load", side: dict | None = None) -> dict:
+    """Every acknowledged POST is in the runs table exactly once under its name; no name is stored twice (with
+    `side`, the side client's run too)."""
     acked = {name: rid for name, status, rid, _, _ in results if status == 201}
+    if side is not None and side["post_status"] == 201:
+        acked["side-0"] = side["post_id"]
     with sqlite3.connect(db_path, timeout=30) as con:
-        rows = con.execute("SELECT id, name FROM runs WHERE name LIKE ?", (f"{prefix}-%",)).fetchall()
+        rows = con.execute("SELECT id, name FROM runs WHERE name LIKE ? OR name = 'side-0'",
+                           (f"{prefix}-%",)).fetchall()
     by_name: dict[str, list[int]] = {}
     for rid, name in rows:
         by_name.setdefault(name, []).append(rid)
     ids = [rid for rid in acked.values()]
     return {
-        "sent": len(results),
+        "sent": len(results) + (side is not None),
         "acknowledged": len(acked),
         "errors": [(name, status, err) for name, status, rid, _, err in results if status != 201],
         "rows": len(rows),
@@ -172,6 +219,41 @@ async def sse_fanout(url: str, clients: int, updates: int, *, gap: float = 0.3, 
 
 
 # ------------------------------------------------------------------------------------------------ main
+def list_and_sse(tmp: str, args, env: dict[str, str], left) -> tuple[list[tuple[str, str, str]], bool, float]:
+    """Phases 2 and 3 on a database with --runs runs: table rows, whether every SSE client got every update, and
+    the seconds the fill took."""
+    rows: list[tuple[str, str, str]] = []
+    data = Path(tmp) / "list"
+    data.mkdir()
+    url = f"sqlite:///{data / 'mefts.db'}"
+    from db.session import upgrade_database
+
+    t = time.perf_counter()
+    upgrade_database(url)
+    fill(url, args.runs)
+    filled = time.perf_counter() - t
+    with LoopbackServer(data, env=env, log_level="WARNING") as server:
+        for label, path in (("newest 50", "/api/runs?limit=50"),
+                            ("status+method filter, sort -score", "/api/runs?limit=50&status=succeeded&method=lora"
+                                                                  "&sort=-score")):
+            for conc in (1, args.concurrency):
+                times, wall = asyncio.run(list_latency(server.url, path, args.requests, conc))
+                rows.append((f"GET /api/runs, {args.runs} runs: {label}" if conc == 1 else "",
+                             f"{conc} client{'s' if conc > 1 else ''}: p50 / p95 (req/s)",
+                             f"{_p(times, 50):.1f} / {_p(times, 95):.1f} ms ({len(times) / wall:.0f}/s)"))
+        sse = asyncio.run(sse_fanout(server.url, args.sse_clients, args.sse_updates, timeout=left()))
+    d = sse["delays"]
+    rows += [
+        (f"SSE /api/events, {sse['clients']} clients", "connected",
+         f"{sse['connected']} / {sse['clients']}"),
+        ("", f"updates delivered ({sse['updates']} runs queued)",
+         f"{sse['delivered']} / {sse['expected']}"),
+        ("", "delay POST answer -> event p50 / p95 / max",
+         f"{_p(d, 50):.0f} / {_p(d, 95):.0f} / {max(d, default=0):.0f} ms"),
+    ]
+    return rows, sse["delivered"] == sse["expected"], filled
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--posts", type=int, default=500)
@@ -181,6 +263,7 @@ def main() -> int:
     parser.add_argument("--sse-clients", type=int, default=50)
     parser.add_argument("--sse-updates", type=int, default=20)
     parser.add_argument("--time-limit", type=float, default=600, help="seconds for the whole script")
+    parser.add_argument("--burst-only", action="store_true", help="phase 1 alone (the burst and the side client)")
     args = parser.parse_args()
     deadline = time.monotonic() + args.time_limit
     left = lambda: max(10.0, deadline - time.monotonic())  # noqa: E731
@@ -191,11 +274,12 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="mefts-load-") as tmp:
         # 1. POST burst on an empty database
         with LoopbackServer(Path(tmp) / "posts", env=env, log_level="WARNING") as server:
-            out = asyncio.run(post_burst(server.url, args.posts, timeout=left()))
-            check = check_stored_once(server.db_path, out["results"])
+            out = asyncio.run(post_burst(server.url, args.posts, timeout=left(), side=True))
+            side = out["side"]
+            check = check_stored_once(server.db_path, out["results"], side=side)
         lat = [r[3] * 1000 for r in out["results"] if r[1] == 201]
-        exact = (check["acknowledged"] == args.posts and not check["lost"] and not check["duplicate_ids"]
-                 and not check["duplicate_names"] and check["rows"] == args.posts)
+        exact = (check["acknowledged"] == args.posts + 1 and not check["lost"] and not check["duplicate_ids"]
+                 and not check["duplicate_names"] and check["rows"] == args.posts + 1)
         ok &= exact
         rows += [
             (f"{args.posts} concurrent POST /api/runs", "acknowledged (201) / stored rows",
@@ -204,40 +288,19 @@ def main() -> int:
              f"{len(check['lost'])} / {check['duplicate_ids'] + check['duplicate_names']} / {len(check['errors'])}"),
             ("", "wall time, throughput", f"{out['wall']:.1f} s, {len(lat) / out['wall']:.0f} POST/s"),
             ("", "latency p50 / p95 / max", f"{_p(lat, 50):.0f} / {_p(lat, 95):.0f} / {max(lat, default=0):.0f} ms"),
+            ("side client during the burst", f"GET /api/runs?limit=50 ({len(side['gets'])}): p50 / p95 / max",
+             f"{_p(side['gets'], 50):.0f} / {_p(side['gets'], 95):.0f} / {max(side['gets'], default=0):.0f} ms"),
+            ("", "its one POST /api/runs" + ("" if side["post_in_burst"] else " (after the burst ended)"),
+             f"{side['post_ms']:.0f} ms ({side['post_status']})"),
         ]
         for name, status, err in check["errors"][:5]:
             print(f"  error: {name}: {status} {err}", file=sys.stderr)
 
-        # 2 and 3. a database with --runs runs
-        data = Path(tmp) / "list"
-        data.mkdir()
-        url = f"sqlite:///{data / 'mefts.db'}"
-        from db.session import upgrade_database
-
-        t = time.perf_counter()
-        upgrade_database(url)
-        fill(url, args.runs)
-        filled = time.perf_counter() - t
-        with LoopbackServer(data, env=env, log_level="WARNING") as server:
-            for label, path in (("newest 50", "/api/runs?limit=50"),
-                                ("status+method filter, sort -score", "/api/runs?limit=50&status=succeeded&method=lora"
-                                                                      "&sort=-score")):
-                for conc in (1, args.concurrency):
-                    times, wall = asyncio.run(list_latency(server.url, path, args.requests, conc))
-                    rows.append((f"GET /api/runs, {args.runs} runs: {label}" if conc == 1 else "",
-                                 f"{conc} client{'s' if conc > 1 else ''}: p50 / p95 (req/s)",
-                                 f"{_p(times, 50):.1f} / {_p(times, 95):.1f} ms ({len(times) / wall:.0f}/s)"))
-            sse = asyncio.run(sse_fanout(server.url, args.sse_clients, args.sse_updates, timeout=left()))
-        ok &= sse["delivered"] == sse["expected"]
-        d = sse["delays"]
-        rows += [
-            (f"SSE /api/events, {sse['clients']} clients", "connected",
-             f"{sse['connected']} / {sse['clients']}"),
-            ("", f"updates delivered ({sse['updates']} runs queued)",
-             f"{sse['delivered']} / {sse['expected']}"),
-            ("", "delay POST answer -> event p50 / p95 / max",
-             f"{_p(d, 50):.0f} / {_p(d, 95):.0f} / {max(d, default=0):.0f} ms"),
-        ]
+        filled = None
+        if not args.burst_only:  # 2 and 3. a database with --runs runs
+            more, delivered, filled = list_and_sse(tmp, args, env, left)
+            rows += more
+            ok &= delivered
 
     cpu = ""
     try:
@@ -245,13 +308,15 @@ def main() -> int:
     except (OSError, StopIteration):
         pass
     print(f"\nmefts load, uvicorn (1 process) + SQLite WAL on 127.0.0.1, {os.cpu_count()} cores ({cpu}); "
-          f"{args.runs} runs filled in {filled:.1f} s; SSE polls every 1 s (MEFTS_EVENTS_POLL_SECONDS)")
+          + (f"{args.runs} runs filled in {filled:.1f} s; SSE polls every 1 s (MEFTS_EVENTS_POLL_SECONDS)"
+             if filled is not None else "the burst alone"))
     w0 = max(len(r[0]) for r in rows)
     w1 = max(len(r[1]) for r in rows)
     print(f"{'load':<{w0}}  {'measure':<{w1}}  value")
     for a, b, c in rows:
         print(f"{a:<{w0}}  {b:<{w1}}  {c}")
-    print("\nall POSTs stored exactly once and every SSE client got every update" if ok else "\nFAILED (see above)")
+    print("\nall POSTs (the burst's and the side client's) stored exactly once and every SSE client got every update"
+          if ok else "\nFAILED (see above)")
     return 0 if ok else 1
 
 
