@@ -148,6 +148,8 @@ class RunSummary(BaseModel):
     updated_at: Timestamp
     started_at: Timestamp
     finished_at: Timestamp
+    deadline_at: Timestamp = Field(
+        default=None, description="when the running attempt times out (its timeout_s counts from the job's start)")
     duration_seconds: float | None
     progress: float
     step: int | None

@@ -30,7 +30,7 @@ def _summary_fields(run: Run) -> dict[str, Any]:
         learning_rate=run.learning_rate, batch_size=run.batch_size, max_seq_len=run.max_seq_len, epochs=run.epochs,
         status=run.status, cancel_requested=bool(run.cancel_requested), priority=run.priority,
         attempts=run.attempts, max_attempts=run.max_attempts, created_at=run.created_at, updated_at=run.updated_at,
-        started_at=run.started_at, finished_at=run.finished_at, duration_seconds=duration_seconds(run),
+        started_at=run.started_at, finished_at=run.finished_at, deadline_at=run.deadline_at, duration_seconds=duration_seconds(run),
         progress=run.progress or 0.0, step=run.step, total_steps=run.total_steps, epoch=run.epoch, loss=run.loss,
         main_metric=run.main_metric, score=run.score,
         stored_activation_bytes=run.stored_activation_bytes, peak_bytes=run.peak_bytes,

@@ -259,7 +259,7 @@ def claim_next_run(
             progress=0.0, updated_at=now,
             # what a previous attempt left: cleared, so the new attempt starts from nothing
             **dict.fromkeys(("pid", "finished_at", "step", "total_steps", "epoch", "loss", "error", "traceback",
-                             "resumed_from_epoch")),
+                             "resumed_from_epoch", "deadline_at")),
         )
         .returning(Run.id)
         .execution_options(synchronize_session=False)
@@ -346,6 +346,15 @@ def recover_expired_leases(*, session: Session, now: dt.datetime | None = None) 
         moved.append((rid, RunStatus.failed.value))
     session.commit()
     return moved
+
+
+def runs_past_deadline(*, session: Session, now: dt.datetime | None = None) -> list[Run]:
+    """Running runs whose attempt's deadline has passed, whichever worker owns them."""
+    now = now or utcnow()
+    return list(session.scalars(
+        select(Run).where(Run.status == RunStatus.running, Run.deadline_at.is_not(None), Run.deadline_at < now)
+        .order_by(Run.id)
+    ))
 
 
 def running_on_host(*, session: Session, host: str, now: dt.datetime | None = None) -> list[Run]:

@@ -103,6 +103,9 @@ class Run(Base):
     pid: Mapped[int | None] = mapped_column(Integer)
     slot: Mapped[str | None] = mapped_column(String(32))
     lease_expires_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    # When the running attempt's timeout_s runs out, counted from the job's report that it started (after its
+    # imports). Stored, not kept in a dispatcher's memory, so a dispatcher started after a restart enforces it.
+    deadline_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
 
     # Progress and outcome.
     progress: Mapped[float] = mapped_column(Float, default=0.0)

@@ -41,7 +41,8 @@ class Dispatcher:
         self.wake_event = threading.Event()
         self._last_beat = 0.0
         self._thread: threading.Thread | None = None
-        self.timeouts = Timeouts(settings.run_timeout_seconds)  # per-run wall-clock limits (timeout_s)
+        # per-run wall-clock limits (timeout_s); a job whose worker is gone gets a whole lease before others time it out
+        self.timeouts = Timeouts(settings.run_timeout_seconds, orphan_grace=settings.lease_seconds)
 
     # ------------------------------------------------------------------------------------------------ one iteration
     def loop(self) -> int:
@@ -132,7 +133,6 @@ class Dispatcher:
                 if run is None:
                     break
                 run_id, attempt = run.id, run.attempts
-                config = dict(run.config or {})
             try:
                 handle = self.executor.start(run_id=run_id, attempt=attempt, slot=slot)
             except Exception as e:  # OSError from a local start, any error of a Ray submission
@@ -141,7 +141,7 @@ class Dispatcher:
                 log.exception("run %d: could not start the job", run_id)
                 continue
             self.jobs[run_id] = handle
-            self.timeouts.track(run_id, config)
+            self.timeouts.track(run_id)
             if handle.pid is not None:  # a Ray task's job writes its own pid once it runs
                 with session_scope(self.factory) as s:
                     crud.set_pid(session=s, run_id=run_id, attempt=attempt, pid=handle.pid)

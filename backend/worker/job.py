@@ -33,6 +33,7 @@ from typing import Any
 
 from backend import artifacts
 from backend.settings import Settings
+from backend.worker.timeouts import deadline
 from db import crud
 from db.models import RunStatus
 from db.session import make_engine, make_sessionmaker, session_scope
@@ -263,11 +264,11 @@ def main(argv: list[str] | None = None) -> int:
     from mefts_core.config import TrainConfig
     from mefts_core.training.trainer import versions
 
-    with session_scope(factory) as s:
-        crud.set_run_info(session=s, run_id=run_id, attempt=attempt, values={
-            "pid": os.getpid(), "git_revision": git_revision(), "versions": versions(),
-            "host": settings.host or socket.gethostname(),
-        })
+    info = {"pid": os.getpid(), "git_revision": git_revision(), "versions": versions(),
+            "host": settings.host or socket.gethostname()}
+    with session_scope(factory) as s:  # the job's report that it started: its timeout_s counts from here
+        crud.set_run_info(session=s, run_id=run_id, attempt=attempt,
+                          values={**info, "deadline_at": deadline(config_dict, settings.run_timeout_seconds)})
 
     stop = threading.Event()
     threading.Thread(

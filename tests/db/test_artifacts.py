@@ -60,7 +60,7 @@ def test_migration_0004_upgrades_a_0003_database_and_back(empty_url):
     columns = {c["name"]: c for c in inspect(engine).get_columns("runs")}
     assert NEW_COLUMNS <= set(columns) and all(columns[n]["nullable"] for n in NEW_COLUMNS)
     with engine.connect() as c:
-        assert c.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0004"
+        assert c.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0005_run_deadline"
     factory = make_sessionmaker(engine)
     with session_scope(factory) as s:
         run = crud.get_run(session=s, run_id=rid)

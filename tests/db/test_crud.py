@@ -33,7 +33,7 @@ def test_migration_creates_schema_and_sqlite_pragmas(db_url):
             assert c.execute(text("PRAGMA journal_mode")).scalar() == "wal"
             assert c.execute(text("PRAGMA foreign_keys")).scalar() == 1
             assert c.execute(text("PRAGMA busy_timeout")).scalar() >= 1000
-        assert c.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0004"
+        assert c.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0005_run_deadline"
 
 
 def _claim_all(url: str, worker: str, out) -> None:

@@ -48,6 +48,17 @@ class JobHandle:
         return self.process.pid
 
 
+def file_tail(path: Path, n_chars: int = 4000) -> str:
+    """The last `n_chars` of a job's log ("" when it cannot be read)."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - n_chars))
+            return fh.read().decode(errors="replace")
+    except OSError:
+        return ""
+
+
 def detect_devices(gpus: int | None) -> list[dict[str, Any]]:
     """The CPU and the CUDA devices torch sees (at most `gpus` of them)."""
     devices: list[dict[str, Any]] = [{"kind": "cpu", "name": _cpu_name(), "cores": os.cpu_count() or 1}]
@@ -111,7 +122,7 @@ class LocalExecutor:
             env["CUDA_VISIBLE_DEVICES"] = ""  # a CPU slot never touches a GPU
         # The repository root first on the path, so `-m backend.worker.job` works without an install.
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
-        log_path = self.log_dir / f"run-{run_id}.log"
+        log_path = self.log_path(run_id)
         with open(log_path, "a") as fh:
             stamp = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
             fh.write(f"==== attempt {attempt} on {slot.name} ({slot.threads} threads) at {stamp} ====\n")
@@ -154,11 +165,8 @@ class LocalExecutor:
 
     @staticmethod
     def log_tail(handle: JobHandle, n_chars: int = 4000) -> str:
-        try:
-            with open(handle.log_path, "rb") as fh:
-                fh.seek(0, os.SEEK_END)
-                size = fh.tell()
-                fh.seek(max(0, size - n_chars))
-                return fh.read().decode(errors="replace")
-        except OSError:
-            return ""
+        return file_tail(handle.log_path, n_chars)
+
+    def log_path(self, run_id: int) -> Path:
+        """Where the jobs of `run_id` write their output (every attempt appends)."""
+        return self.log_dir / f"run-{run_id}.log"
