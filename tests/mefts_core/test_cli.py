@@ -147,6 +147,35 @@ def test_grid_subset_is_deterministic():
     assert grid_points(grid, 4, 1) != sub
 
 
+@pytest.mark.parametrize("task,n,grid_name,lrs", [
+    ("rte", 16, "glue-low", [5e-4, 6e-4, 7e-4, 8e-4]),
+    ("sst2", 12, "glue-large", [3e-4, 4e-4, 5e-4]),
+    ("piqa", 36, "qa", [1e-4, 3e-4, 5e-4, 7e-4]),
+])
+def test_sweep_dry_run_lists_the_papers_grid_for_the_task(tmp_path, capsys, task, n, grid_name, lrs):
+    out = tmp_path / "dry.json"
+    assert main(["sweep", "--backbone", "tiny-bert", "--method", "meft1", "--task", task, "--dry-run",
+                 "--output", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert len(data["points"]) == n and f"({grid_name})" in data["grid_source"]
+    assert data["grid"]["learning_rate"] == lrs
+    assert f"{n} of {n} grid points" in capsys.readouterr().out
+    assert main(["sweep", "--backbone", "tiny-bert", "--method", "meft1", "--task", task, "--dry-run", "--budget", "5",
+                 "--output", str(out)]) == 0
+    assert len(json.loads(out.read_text())["points"]) == 5
+
+
+def test_paper_grid_follows_the_catalogs_training_size():
+    from mefts_core.cli.sweep import paper_grid_name
+    from mefts_core.tasks import TASKS
+
+    names = {t: paper_grid_name(TASKS[t]) for t in TASKS}
+    assert {t for t, g in names.items() if g == "glue-large"} == {"sst2", "qnli", "qqp", "mnli"}
+    assert {t for t, g in names.items() if g == "glue-low"} == {"cola", "mrpc", "rte", "stsb"}
+    assert {t for t, g in names.items() if g == "qa"} == {"openbookqa", "piqa", "arc_easy", "arc_challenge", "sciq"}
+    assert paper_grid_name(None) == "glue-low"
+
+
 def test_sweep_runs_the_budget_and_reports_the_best(tmp_path, capsys):
     out = tmp_path / "sweep.json"
     code = main(["sweep", "--backbone", "tiny-bert", "--method", "bitfit", "--task", "sst2", "--budget", "2",
@@ -156,7 +185,7 @@ def test_sweep_runs_the_budget_and_reports_the_best(tmp_path, capsys):
     data = json.loads(out.read_text())
     assert len(data["runs"]) == 2 and all(r["status"] == "ok" for r in data["runs"])
     assert data["grid"]["learning_rate"] == [3e-4, 4e-4, 5e-4] and data["grid"]["epochs"] == [1]
-    assert "paper GLUE grid" in data["grid_source"]
+    assert "glue-large" in data["grid_source"]
     assert data["best"]["dev"] == max(r["dev"] for r in data["runs"])
     assert {r["learning_rate"] for r in data["runs"]} <= {3e-4, 4e-4, 5e-4}
     assert len(data["results"]) == 2
