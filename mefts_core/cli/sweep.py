@@ -77,7 +77,7 @@ def grid_points(grid: dict[str, list], budget: int | None, seed: int) -> list[di
     return [points[i] for i in keep]
 
 
-def _run_point(point: dict[str, Any], config: Any, desc: str, progress: bool) -> tuple[dict[str, Any], Any]:
+def run_point(point: dict[str, Any], config: Any, desc: str, progress: bool) -> tuple[dict[str, Any], Any]:
     """One grid point's run: its row for the sweep table, and the result (None unless it ran to the end)."""
     import torch
 
@@ -142,7 +142,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     results: list[dict[str, Any]] = []
     for i, (point, config) in enumerate(zip(points, configs), 1):
         desc = f"run {i}/{len(points)} lr {point['learning_rate']:g} bs {point['batch_size']} ep {point['epochs']}"
-        row, res = _run_point(point, config, desc, not args.no_progress)
+        row, res = run_point(point, config, desc, not args.no_progress)
         results += [res] if res is not None else []
         runs.append(row)
         print(f"{desc}: {row['status']}" + (f", dev {row['dev']:.4f}, test {row['test']:.4f}"

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from mefts_core.cli import _kv, add_core_commands, grid_points, main
+from mefts_core.measure.tables import markdown_cells
 
 REPO = Path(__file__).resolve().parents[2]
 POS = ["great movie", "wonderful acting", "i loved it", "superb and moving", "a delight"]
@@ -191,3 +192,34 @@ def test_sweep_runs_the_budget_and_reports_the_best(tmp_path, capsys):
     assert len(data["results"]) == 2
     stdout = capsys.readouterr().out
     assert "best (by dev accuracy)" in stdout and "2 of 6 grid points" in stdout
+
+
+def test_reproduce_writes_the_papers_table_in_three_formats(tmp_path, capsys):
+    out = tmp_path / "rep"
+    code = main(["reproduce", "glue", "--backbone", "tiny-bert", "--methods", "full,lora,meft1", "--budget", "1",
+                 "--max-train-samples", "8", "--max-eval-samples", "8", "--max-seq-len", "16", "--epochs-grid", "1",
+                 "--no-check-gradients", "--no-progress", "--out", str(out)])
+    assert code == 0
+    md = (out / "paper-glue.md").read_text()
+    head = markdown_cells(md.splitlines()[0])
+    assert head == ["Method", "cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "Avg", "Trainable %",
+                    "Act. MiB"]
+    rows = {cells[0]: dict(zip(head, cells)) for cells in map(markdown_cells, md.splitlines()[2:5])}
+    assert list(rows) == ["full", "lora", "meft1"]
+    for row in rows.values():
+        # offline, the three packaged tasks have numbers and the five others say "no data" (the reason is a note)
+        assert [t for t in head[1:9] if row[t] == "no data"] == ["cola", "stsb", "qqp", "mnli", "qnli"]
+        assert all(0 <= float(row[t]) <= 100 for t in ("sst2", "mrpc", "rte"))
+        assert float(row["Avg"]) == pytest.approx(sum(float(row[t]) for t in ("sst2", "mrpc", "rte")) / 3, abs=0.06)
+    assert float(rows["full"]["Trainable %"]) == 100.0 and float(rows["lora"]["Trainable %"]) < 5
+    # MEFT stores less activation memory than full fine-tuning (the paper's point), measured per step
+    assert float(rows["meft1"]["Act. MiB"]) < float(rows["full"]["Act. MiB"])
+    assert "- cola: no data (no offline copy" in md and "data: sst2 packaged" in md
+    tex = (out / "paper-glue.tex").read_text()
+    assert r"\begin{tabular}{llllllllllll}" in tex and r"Trainable \%" in tex and "meft1 & no data &" in tex
+    csv_rows = list(csv.DictReader((out / "paper-glue.csv").open()))
+    assert [r["Method"] for r in csv_rows] == ["full", "lora", "meft1", "notes"]
+    assert float(csv_rows[2]["rte"]) == pytest.approx(float(rows["meft1"]["rte"]), abs=0.05)
+    runs = json.loads((out / "reproduce-glue.json").read_text())
+    assert len(runs["sweeps"]) == 9 and set(runs["no_data"]) == {"cola", "stsb", "qqp", "mnli", "qnli"}
+    assert "| full |" in capsys.readouterr().out
