@@ -16,7 +16,7 @@ from typing import Any
 from backend.schemas import iso_utc
 from backend.views import duration_seconds
 from db.models import MEMORY_FIELDS, MemoryReportRow, Run, RunStatus
-from mefts_core.measure import tables
+from mefts_core.measure import paper, tables
 
 Row = dict[str, Any]
 FORMATS = ("csv", "json", "md", "tex")
@@ -185,6 +185,36 @@ def results_table(
                                                  ref and ref["stored_activation_bytes_mean"])
         r["peak_saving_vs_full"] = _saving(r["peak_bytes_mean"], ref and ref["peak_bytes_mean"])
     return list(RESULT_COLUMNS), [{c: r.get(c) for c in RESULT_COLUMNS} for r in rows]
+
+
+def paper_table(runs: Sequence[Run], memories: dict[int, MemoryReportRow], suite: str) -> paper.PaperTable:
+    """The paper's table (mefts_core.measure.paper) from stored runs: per method the best-dev configuration of
+    `results_table`, its test scores over seeds. A task with results on several data sources gets one column per
+    source; several backbones put the backbone into the method's name."""
+    from mefts_core.tasks import TASKS
+
+    if suite not in paper.SUITES:
+        raise ValueError(f"suite={suite!r}: must be one of {', '.join(paper.SUITES)}")
+    tasks = [n for n, t in TASKS.items() if t.kind == suite]
+    _, rows = results_table([r for r in runs if r.task in tasks], memories, select="best")
+    sources = {t: sorted({r["data_source"] for r in rows if r["task"] == t}) for t in tasks}
+    backbones = sorted({r["backbone"] for r in rows})
+    columns = [c for t in tasks for c in ([f"{t} · {s}" for s in sources[t]] if len(sources[t]) > 1 else [t])]
+    by_id = {r.id: r for r in runs}
+    cells = []
+    for r in rows:
+        members = [by_id[i] for i in json.loads(r["run_ids"])]
+        cells.append(paper.PaperCell(
+            method=r["method"] if len(backbones) < 2 else f"{r['method']} ({r['backbone']})",
+            task=f"{r['task']} · {r['data_source']}" if len(sources[r["task"]]) > 1 else r["task"],
+            scores=[m.score for m in members if m.score is not None], trainable_params=r["trainable_params"],
+            total_params=members[0].total_params, stored_activation_bytes=r["stored_activation_bytes_mean"]))
+    methods = sorted({c.method for c in cells}, key=lambda m: (not m.startswith("full"), m))
+    no_data = {t: "no succeeded runs" for t in tasks if not sources[t]}
+    caption = (f"{suite.upper()} on {', '.join(backbones) or 'no backbone yet'}: test main metric (%) of each "
+               "method's best-dev configuration, mean over seeds; Act. MiB: stored activations of one training step; "
+               "data: " + ", ".join(f"{t} {'/'.join(s)}" for t, s in sources.items() if s))
+    return paper.build(columns, methods, cells, no_data, caption=caption)
 
 
 def _delta(value: float | None, ref: float | None) -> float | None:

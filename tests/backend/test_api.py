@@ -11,6 +11,7 @@ import pytest
 from db import crud
 from db.models import RunStatus
 from db.session import session_scope
+from mefts_core.measure.tables import markdown_cells
 
 from .conftest import DATABASES, TINY
 
@@ -211,6 +212,36 @@ def test_results_never_average_runs_of_different_data_sources(client):
     runs = client.get("/api/runs", params={"sort": "data_source"}).json()["items"]
     assert [r["data_source"] for r in runs] == ["hub", "packaged", "packaged", None]
     assert [r["data_source"] for r in client.get("/api/runs.json").json()] == ["packaged", "packaged", "hub", None]
+
+
+def test_paper_table_export_from_stored_runs(client):
+    factory = client.app.state.sessionmaker
+    plan = [("full", 1, 0.80, 1000), ("meft1", 1, 0.70, 100), ("meft1", 2, 0.90, 300)]
+    for method, seed, score, act in plan:
+        rid = client.post("/api/runs", json=_body(method=method, seed=seed)).json()["id"]
+        _finish(factory, rid, score=score, dev=score, act=act * 2**20, peak=4 * act, data_source="packaged")
+        with session_scope(factory) as s:  # what the job stores when the run starts
+            run = crud.get_run(session=s, run_id=rid)
+            run.total_params, run.trainable_params = 1000, 1000 if method == "full" else 10
+    md = client.get("/api/results/paper.md", params={"suite": "glue"}).text
+    head = markdown_cells(md.splitlines()[0])
+    assert head == ["Method", "cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "Avg", "Trainable %",
+                    "Act. MiB"]
+    rows = {c[0]: dict(zip(head, c)) for c in map(markdown_cells, md.splitlines()[2:4])}
+    assert rows["full"]["sst2"] == "80.0" and rows["full"]["Trainable %"] == "100.00"
+    assert rows["meft1"]["sst2"] == "80.0 ± 14.1" and rows["meft1"]["Avg"] == "80.0"  # mean ± std over two seeds
+    assert rows["meft1"]["Act. MiB"] == "200.0" and rows["meft1"]["Trainable %"] == "1.00"
+    assert rows["meft1"]["rte"] == "no data" and "- rte: no data (no succeeded runs)" in md
+    assert "data: sst2 packaged" in md
+    tex = client.get("/api/results/paper.tex").text
+    assert r"\begin{tabular}" in tex and r"meft1 & no data & 80.0 $\pm$ 14.1" in tex
+    csv_rows = list(csv.DictReader(io.StringIO(client.get("/api/results/paper.csv").text)))
+    assert [r["Method"] for r in csv_rows] == ["full", "meft1", "notes"] and float(csv_rows[1]["sst2"]) == 80.0
+    qa = client.get("/api/results/paper.json", params={"suite": "qa"}).json()
+    assert qa["rows"] == [] and len(qa["notes"]) == 6  # the caption and five tasks without runs
+    bad = client.get("/api/results/paper.md", params={"suite": "superglue"})
+    assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["query", "suite"]
+    assert client.get("/api/results/paper.xls").status_code == 404
 
 
 def test_catalog_system_health_and_plotly(client):
