@@ -6,7 +6,7 @@
   const { $, state, flash, guard, parseHash } = UI;
 
   // ---------------------------------------------------------------------------------------------- routing
-  const VIEWS = ["compare", "runs", "submit", "run"];
+  const VIEWS = ["compare", "runs", "submit", "run", "paper"];
 
   function showView(name) {
     for (const v of VIEWS) $(`view-${v}`).hidden = v !== name;
@@ -24,6 +24,7 @@
     if (parts[0] === "runs" && parts[1]) { showView("run"); return Detail.show(Number(parts[1])); }
     if (parts[0] === "runs") { showView("runs"); return Runs.show(params); }
     if (parts[0] === "submit") { showView("submit"); return Submit.show(params); }
+    if (parts[0] === "paper") { showView("paper"); return Paper.show(params); }
     showView("compare");
     return Compare.show(params);
   }

@@ -88,7 +88,7 @@ def build(suite_tasks: Sequence[str], methods: Sequence[str], cells: Sequence[Pa
 
 def render(table: PaperTable, fmt: str) -> str:
     """md and tex: formatted cells with the notes under the table (a LaTeX comment); csv and json: raw values, the
-    notes as a last row (csv) or a "notes" key (json)."""
+    notes as a last row (csv) or a "notes" key (json, which also carries the formatted "cells" the dashboard shows)."""
     if fmt == "md":
         return tables.to_markdown(table.columns, table.cells()) + "".join(f"\n- {n}" for n in table.notes) + \
             ("\n" if table.notes else "")
@@ -101,5 +101,6 @@ def render(table: PaperTable, fmt: str) -> str:
     if fmt == "json":
         import json
 
-        return json.dumps({"columns": table.columns, "rows": raw, "notes": table.notes}, indent=2) + "\n"
+        return json.dumps({"columns": table.columns, "rows": raw, "cells": table.cells(), "notes": table.notes},
+                          indent=2) + "\n"
     raise ValueError(f"format={fmt!r}: must be one of md, tex, csv, json")
