@@ -332,6 +332,8 @@ class TaskInfo(BaseModel):
     description: str
     num_labels: int | None = None
     num_choices: int | None = None
+    train_size: int | None = Field(default=None, description="rows in the official training split (picks the "
+                                                              "paper's sweep grid)")
 
 
 class LabelRequest(BaseModel):
