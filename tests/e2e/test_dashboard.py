@@ -438,8 +438,7 @@ def test_paper_table_view_and_data_source(page, server, finished_run):
     columns = page.locator("#paper-table thead th").all_text_contents()
     assert columns == api["columns"]
     row = dict(zip(columns, next(r for r in shown if r[0] == "meft1 (tiny-bert)")))
-    # the seeded results (support.seed_compare) carry no data source: sst2 is split into a column per source
-    sst2 = "sst2 · packaged" if "sst2 · packaged" in columns else "sst2"
+    sst2 = "sst2"  # the seeded results (support.seed_compare) are on packaged data too: one column
     assert row[sst2] == f"{100 * run['score']:.1f}"
     assert [c for c in columns[1:-3] if row[c] != "no data" and row[c] != "-"] == [sst2]
     expect(page.locator("#paper-notes")).to_contain_text("packaged")
