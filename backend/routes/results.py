@@ -13,6 +13,7 @@ from backend.deps import FiltersDep, SessionDep, split_values
 from backend.schemas import INT32_MAX, INT32_MIN, ResultsTable
 from db import crud
 from db.models import RunStatus
+from mefts_core.measure import paper
 
 router = APIRouter(tags=["results"])
 
@@ -32,6 +33,13 @@ def results_rows(
     )
     memories = crud.latest_memory_reports(session=session, run_ids=[r.id for r in runs])
     return tables.results_table(runs, memories, select=select)
+
+
+def paper_text(session: Session, *, suite: str, backbone: list[str] | None, fmt: str) -> str:
+    _, runs = crud.list_runs(session=session, status=[RunStatus.succeeded.value], backbone=backbone, sort="id",
+                             descending=False, limit=None, with_total=False)
+    memories = crud.latest_memory_reports(session=session, run_ids=[r.id for r in runs])
+    return paper.render(tables.paper_table(runs, memories, suite), fmt)
 
 
 def runs_rows(session: Session, **filters: Any) -> tuple[list[str], list[dict[str, Any]]]:
@@ -83,6 +91,20 @@ def export_results(fmt: str, session: SessionDep, filters: ResultFiltersDep) -> 
         raise HTTPException(status_code=404, detail=f"Unknown format {fmt!r}; use one of {', '.join(tables.FORMATS)}")
     columns, rows = results_rows(session, **filters.kwargs)
     return _download(tables.render(columns, rows, fmt, table="results"), fmt, "results")
+
+
+@router.get("/results/paper.{fmt}", response_model=None, response_class=Response, responses=DOWNLOAD)
+def export_paper(
+    fmt: str, session: SessionDep,
+    suite: Annotated[str, Query(pattern="^(glue|qa)$", description="glue (8 tasks) or qa (5 tasks)")] = "glue",
+    backbone: Annotated[list[str] | None, Query()] = None,
+) -> Response:
+    """The paper's table for a suite: methods as rows, the suite's tasks as columns (test main metric in %, mean over
+    seeds of each method's best-dev configuration), the average, trainable % and stored activation memory; md, tex,
+    csv or json. Tasks without succeeded runs show "no data"."""
+    if fmt not in ("md", "tex", "csv", "json"):
+        raise HTTPException(status_code=404, detail=f"Unknown format {fmt!r}; use md, tex, csv or json")
+    return _download(paper_text(session, suite=suite, backbone=split_values(backbone), fmt=fmt), fmt, f"paper-{suite}")
 
 
 @router.get("/runs.{fmt}", response_model=None, response_class=Response, responses=DOWNLOAD)

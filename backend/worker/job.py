@@ -126,6 +126,7 @@ class DBCallback(Callback):
                 "device_used": info.get("device"), "trainable_params": info.get("trainable_params"),
                 "total_params": info.get("total_params"), "main_metric": info.get("main_metric"),
                 "total_steps": info.get("total_steps"), "step": self.step, "resumed_from_epoch": resumed,
+                "data_source": info.get("data_source"),
             })
             if not resumed:
                 return

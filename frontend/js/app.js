@@ -6,7 +6,7 @@
   const { $, state, flash, guard, parseHash } = UI;
 
   // ---------------------------------------------------------------------------------------------- routing
-  const VIEWS = ["compare", "runs", "submit", "fits", "run"];
+  const VIEWS = ["compare", "runs", "submit", "fits", "paper", "run"];
 
   function showView(name) {
     for (const v of VIEWS) $(`view-${v}`).hidden = v !== name;
@@ -25,6 +25,7 @@
     if (parts[0] === "runs") { showView("runs"); return Runs.show(params); }
     if (parts[0] === "submit") { showView("submit"); return Submit.show(params); }
     if (parts[0] === "fits") { showView("fits"); return Fits.show(params); }
+    if (parts[0] === "paper") { showView("paper"); return Paper.show(params); }
     showView("compare");
     guard(FirstStart.check)();
     return Compare.show(params);

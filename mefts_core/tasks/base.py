@@ -55,6 +55,7 @@ class Task:
     hub_splits: dict[str, str | None] = field(default_factory=dict)  # train/dev/test -> hub split (test None: unlabelled)
     scoring: str = "head"
     description: str = ""
+    train_size: int | None = None  # rows in the official training split (the paper's grids depend on it)
 
     def example(self, row: dict[str, Any], seed: int = 0) -> Example | None:
         if self.convert is None:
@@ -70,6 +71,7 @@ class Task:
             "main_metric": self.main_metric,
             "offline_data": offline_available,
             "description": self.description,
+            "train_size": self.train_size,
         }
         if self.problem == "multiple_choice":
             out["num_choices"] = self.num_choices

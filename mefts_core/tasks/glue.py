@@ -67,8 +67,13 @@ def _glue(name: str, text_cols: tuple[str, ...], label_names: tuple[str, ...] | 
         hub=("nyu-mll/glue", name),
         hub_splits={"train": "train", "dev": dev_split, "test": None},
         description=description,
+        train_size=GLUE_TRAIN_SIZES[name],
     )
 
+
+# GLUE's official training-split sizes (the paper's grid for a task depends on whether it has > 10k of them)
+GLUE_TRAIN_SIZES = {"cola": 8551, "sst2": 67349, "mrpc": 3668, "stsb": 5749, "qqp": 363846, "mnli": 392702,
+                    "qnli": 104743, "rte": 2490}
 
 GLUE_TASKS: dict[str, Task] = {
     t.name: t

@@ -77,6 +77,7 @@ class TrainResult:
     gradient_fidelity: list[dict[str, Any]] | None = None
     artifact: dict[str, Any] | None = None  # with output_dir: {"path", "bytes"} of output_dir/model
     resumed_from_epoch: int = 0  # the checkpoint's epoch a resumed run continued after; 0 for a fresh run
+    data_source: str | None = None  # where the rows came from, resolved: "hub", "packaged" or "local" (never "auto")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -287,7 +288,7 @@ class _Run:
             "problem": task.problem, "main_metric": task.main_metric, "learning_rate": self.lr,
             "device": str(self.device), "trainable_params": self.n_trainable, "total_params": self.n_total,
             "total_steps": self.total_steps, "steps_per_epoch": self.steps_per_epoch,
-            "resumed_from_epoch": self.resumed_from,
+            "resumed_from_epoch": self.resumed_from, "data_source": data.source,
         })
         self.say("run: %s / %s / %s on %s; %s; lr %.3g; %d trainable of %d params", c.backbone, c.method, task.name,
                  self.device, data.description, self.lr, self.n_trainable, self.n_total)
@@ -406,7 +407,7 @@ class _Run:
             dev_metrics=dev, test_metrics=test, memory=self.memory, trainable_params=self.n_trainable,
             total_params=self.n_total, wall_seconds=self.elapsed(), versions=versions(),
             device=str(self.device), label_names=list(task.label_names) if task.label_names else None,
-            gradient_fidelity=self.fidelity, resumed_from_epoch=self.resumed_from,
+            gradient_fidelity=self.fidelity, resumed_from_epoch=self.resumed_from, data_source=self.data.source,
             artifact=self._save_artifact(dev, test) if self.output_dir is not None else None,
         )
         self.cb.on_end(result.to_dict())

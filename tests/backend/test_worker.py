@@ -108,7 +108,9 @@ def test_tiny_run_queued_running_succeeded_with_metrics_memory_and_exports(make_
     assert results_json[0]["peak_bytes_mean"] == mem["peak_bytes"] and results_json[0]["n"] == 1
     assert results_json[0]["score_mean"] == run["score"]
     md, tex = server.http.get("/api/results.md").text, server.http.get("/api/results.tex").text
-    assert "| sst2 | tiny-bert | full | 1 |" in md and "sst2 & tiny-bert & full & 1" in tex
+    assert "| sst2 | packaged | tiny-bert | full | 1 |" in md and "sst2 & packaged & tiny-bert & full & 1" in tex
+    assert run["data_source"] == row["data_source"] == results_json[0]["data_source"] == "packaged"
+    assert run["result"]["data_source"] == "packaged"
 
 
 def test_cancel_kills_the_running_job(make_server):

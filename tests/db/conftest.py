@@ -1,8 +1,11 @@
 import pytest
+from alembic.script import ScriptDirectory
 
-from db.session import make_engine, make_sessionmaker, upgrade_database
+from db.session import alembic_config, make_engine, make_sessionmaker, upgrade_database
 
 # Every store test runs on SQLite and on PostgreSQL (a database of its own on the session's server).
+# The newest revision: a migration test checks its database reached it, whatever later releases add.
+HEAD = ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
 DATABASES = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
 
 

@@ -13,7 +13,7 @@ from db import crud
 from db.models import MetricPoint, RunStatus
 from db.session import alembic_config, make_engine, make_sessionmaker, session_scope, upgrade_database
 
-from .conftest import DATABASES
+from .conftest import DATABASES, HEAD
 from .test_crud import _add_runs, _fields
 
 NEW_COLUMNS = {"artifact_path", "artifact_bytes", "artifact_sha256", "resumed_from_epoch"}
@@ -60,7 +60,7 @@ def test_migration_0004_upgrades_a_0003_database_and_back(empty_url):
     columns = {c["name"]: c for c in inspect(engine).get_columns("runs")}
     assert NEW_COLUMNS <= set(columns) and all(columns[n]["nullable"] for n in NEW_COLUMNS)
     with engine.connect() as c:
-        assert c.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0005_run_deadline"
+        assert c.execute(text("SELECT version_num FROM alembic_version")).scalar() == HEAD
     factory = make_sessionmaker(engine)
     with session_scope(factory) as s:
         run = crud.get_run(session=s, run_id=rid)

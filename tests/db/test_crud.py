@@ -10,6 +10,8 @@ from db import crud
 from db.models import RunStatus, utcnow
 from db.session import make_engine, make_sessionmaker, session_scope
 
+from .conftest import HEAD
+
 
 def _fields(i: int = 0, **kw):
     cfg = {"backbone": "tiny-bert", "method": "full", "task": "sst2", "seed": i}
@@ -33,7 +35,7 @@ def test_migration_creates_schema_and_sqlite_pragmas(db_url):
             assert c.execute(text("PRAGMA journal_mode")).scalar() == "wal"
             assert c.execute(text("PRAGMA foreign_keys")).scalar() == 1
             assert c.execute(text("PRAGMA busy_timeout")).scalar() >= 1000
-        assert c.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0005_run_deadline"
+        assert c.execute(text("SELECT version_num FROM alembic_version")).scalar() == HEAD
 
 
 def _claim_all(url: str, worker: str, out) -> None:

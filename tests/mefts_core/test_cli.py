@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from mefts_core.cli import _kv, add_core_commands, grid_points, main
+from mefts_core.measure.tables import markdown_cells
 
 REPO = Path(__file__).resolve().parents[2]
 POS = ["great movie", "wonderful acting", "i loved it", "superb and moving", "a delight"]
@@ -147,6 +148,35 @@ def test_grid_subset_is_deterministic():
     assert grid_points(grid, 4, 1) != sub
 
 
+@pytest.mark.parametrize("task,n,grid_name,lrs", [
+    ("rte", 16, "glue-low", [5e-4, 6e-4, 7e-4, 8e-4]),
+    ("sst2", 12, "glue-large", [3e-4, 4e-4, 5e-4]),
+    ("piqa", 36, "qa", [1e-4, 3e-4, 5e-4, 7e-4]),
+])
+def test_sweep_dry_run_lists_the_papers_grid_for_the_task(tmp_path, capsys, task, n, grid_name, lrs):
+    out = tmp_path / "dry.json"
+    assert main(["sweep", "--backbone", "tiny-bert", "--method", "meft1", "--task", task, "--dry-run",
+                 "--output", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert len(data["points"]) == n and f"({grid_name})" in data["grid_source"]
+    assert data["grid"]["learning_rate"] == lrs
+    assert f"{n} of {n} grid points" in capsys.readouterr().out
+    assert main(["sweep", "--backbone", "tiny-bert", "--method", "meft1", "--task", task, "--dry-run", "--budget", "5",
+                 "--output", str(out)]) == 0
+    assert len(json.loads(out.read_text())["points"]) == 5
+
+
+def test_paper_grid_follows_the_catalogs_training_size():
+    from mefts_core.cli.sweep import paper_grid_name
+    from mefts_core.tasks import TASKS
+
+    names = {t: paper_grid_name(TASKS[t]) for t in TASKS}
+    assert {t for t, g in names.items() if g == "glue-large"} == {"sst2", "qnli", "qqp", "mnli"}
+    assert {t for t, g in names.items() if g == "glue-low"} == {"cola", "mrpc", "rte", "stsb"}
+    assert {t for t, g in names.items() if g == "qa"} == {"openbookqa", "piqa", "arc_easy", "arc_challenge", "sciq"}
+    assert paper_grid_name(None) == "glue-low"
+
+
 def test_sweep_runs_the_budget_and_reports_the_best(tmp_path, capsys):
     out = tmp_path / "sweep.json"
     code = main(["sweep", "--backbone", "tiny-bert", "--method", "bitfit", "--task", "sst2", "--budget", "2",
@@ -156,9 +186,40 @@ def test_sweep_runs_the_budget_and_reports_the_best(tmp_path, capsys):
     data = json.loads(out.read_text())
     assert len(data["runs"]) == 2 and all(r["status"] == "ok" for r in data["runs"])
     assert data["grid"]["learning_rate"] == [3e-4, 4e-4, 5e-4] and data["grid"]["epochs"] == [1]
-    assert "paper GLUE grid" in data["grid_source"]
+    assert "glue-large" in data["grid_source"]
     assert data["best"]["dev"] == max(r["dev"] for r in data["runs"])
     assert {r["learning_rate"] for r in data["runs"]} <= {3e-4, 4e-4, 5e-4}
     assert len(data["results"]) == 2
     stdout = capsys.readouterr().out
     assert "best (by dev accuracy)" in stdout and "2 of 6 grid points" in stdout
+
+
+def test_reproduce_writes_the_papers_table_in_three_formats(tmp_path, capsys):
+    out = tmp_path / "rep"
+    code = main(["reproduce", "glue", "--backbone", "tiny-bert", "--methods", "full,lora,meft1", "--budget", "1",
+                 "--max-train-samples", "8", "--max-eval-samples", "8", "--max-seq-len", "16", "--epochs-grid", "1",
+                 "--no-check-gradients", "--no-progress", "--out", str(out)])
+    assert code == 0
+    md = (out / "paper-glue.md").read_text()
+    head = markdown_cells(md.splitlines()[0])
+    assert head == ["Method", "cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "Avg", "Trainable %",
+                    "Act. MiB"]
+    rows = {cells[0]: dict(zip(head, cells)) for cells in map(markdown_cells, md.splitlines()[2:5])}
+    assert list(rows) == ["full", "lora", "meft1"]
+    for row in rows.values():
+        # offline, the three packaged tasks have numbers and the five others say "no data" (the reason is a note)
+        assert [t for t in head[1:9] if row[t] == "no data"] == ["cola", "stsb", "qqp", "mnli", "qnli"]
+        assert all(0 <= float(row[t]) <= 100 for t in ("sst2", "mrpc", "rte"))
+        assert float(row["Avg"]) == pytest.approx(sum(float(row[t]) for t in ("sst2", "mrpc", "rte")) / 3, abs=0.06)
+    assert float(rows["full"]["Trainable %"]) == 100.0 and float(rows["lora"]["Trainable %"]) < 5
+    # MEFT stores less activation memory than full fine-tuning (the paper's point), measured per step
+    assert float(rows["meft1"]["Act. MiB"]) < float(rows["full"]["Act. MiB"])
+    assert "- cola: no data (no offline copy" in md and "data: sst2 packaged" in md
+    tex = (out / "paper-glue.tex").read_text()
+    assert r"\begin{tabular}{llllllllllll}" in tex and r"Trainable \%" in tex and "meft1 & no data &" in tex
+    csv_rows = list(csv.DictReader((out / "paper-glue.csv").open()))
+    assert [r["Method"] for r in csv_rows] == ["full", "lora", "meft1", "notes"]
+    assert float(csv_rows[2]["rte"]) == pytest.approx(float(rows["meft1"]["rte"]), abs=0.05)
+    runs = json.loads((out / "reproduce-glue.json").read_text())
+    assert len(runs["sweeps"]) == 9 and set(runs["no_data"]) == {"cola", "stsb", "qqp", "mnli", "qnli"}
+    assert "| full |" in capsys.readouterr().out

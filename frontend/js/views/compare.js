@@ -18,7 +18,16 @@ const Compare = (() => {
     const early = pending && pending.select === select ? pending.request : null;
     pending = null;
     const data = await (early || Api.get("/api/results", { select }));
-    state.compare = { rows: data.rows, select, stale: false };
+    state.compare = { rows: bySource(data.rows), select, stale: false };
+  }
+
+  /** Runs on different data (hub splits, the packaged copy, local files) are never compared in one chart: a task
+      with results on several sources is listed once per source ("sst2 · hub"); `api_task` keeps the API's name. */
+  function bySource(rows) {
+    const sources = {};
+    rows.forEach((r) => (sources[r.task] ||= new Set()).add(r.data_source));
+    return rows.map((r) => ({ ...r, api_task: r.task,
+      task: sources[r.task].size > 1 ? `${r.task} · ${r.data_source}` : r.task }));
   }
 
   function syncHash() {
@@ -114,7 +123,7 @@ const Compare = (() => {
     })));
     $("pivot").replaceChildren(el("caption", {}, `${o.task}: ${rows[0].main_metric} (%) and ${m.label.toLowerCase()}`),
       el("thead", {}, head), el("tbody", {}, body));
-    const q = Api.query({ task: o.task, select: o.select });
+    const q = Api.query({ task: rows[0].api_task, select: o.select });
     downloads($("pivot-downloads"), { stem: `pivot-${o.task}`, local: async () => ({ columns: p.columns, rows: p.flat }) });
     const api = el("span", { class: "dl-extra" }, " · full results table: ",
       ...["csv", "json", "md", "tex"].map((f) => el("a", { href: `/api/results.${f}${q}`, download: `results.${f}`, class: "dl" }, f.toUpperCase())));

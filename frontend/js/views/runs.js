@@ -9,6 +9,7 @@ const Runs = (() => {
     { key: "method_label", label: "Method", sort: "method_label" },
     { key: "backbone", label: "Backbone", sort: "backbone" },
     { key: "task", label: "Task", sort: "task" },
+    { key: "data_source", label: "Data", sort: "data_source", opt: true },
     { key: "seed", label: "Seed", sort: "seed", opt: true },
     { key: "batch_size", label: "Batch", sort: "batch_size", opt: true },
     { key: "max_seq_len", label: "Seq", sort: "max_seq_len", opt: true },
@@ -141,7 +142,7 @@ const Runs = (() => {
 
   /** Markdown/LaTeX of the runs export (the API serves CSV and JSON only): the columns of this table. */
   function exportRows(rows) {
-    const columns = ["id", "status", "method_label", "backbone", "task", "seed", "batch_size", "max_seq_len",
+    const columns = ["id", "status", "method_label", "backbone", "task", "data_source", "seed", "batch_size", "max_seq_len",
       "learning_rate_used", "main_metric", "score", "stored_activations", "peak", "peak_activation", "created_at",
       "duration_seconds", "error"];
     return { columns, rows: rows.map((r) => ({ ...r, score: r.score === null ? "" : Api.fmtScore(r.score),

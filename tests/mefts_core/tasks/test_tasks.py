@@ -157,7 +157,7 @@ def test_glue_local_folder_in_task_layout(tmp_path, name):
     # hidden test labels (-1) are dropped, as in GLUE's own test files
     _write_csv(tmp_path / "test.csv", rows + [{**rows[0], "label": "-1"}])
     data = load_task(name, task_options={"data_dir": str(tmp_path)})
-    assert data.source == "data_dir"
+    assert data.source == "local"
     got = [(e.texts, e.label) for e in data.train]
     assert got == EXPECTED[name]
     assert len(data.test) == len(rows)
