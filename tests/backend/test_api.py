@@ -231,3 +231,4 @@ def test_the_hyperparameter_schema_is_trainconfigs(client):
     assert all(schema[name].get("description") for name in expected)
     catalog = client.get("/api/catalog").json()["hyperparameters"]
     assert {h["name"] for h in catalog} == expected and all(h["help"] for h in catalog)
+
