@@ -277,8 +277,21 @@ const Charts = (() => {
         yaxis: "y2", marker: { color: "#c0392b" } },
     ];
     await Plotly.react(div, traces, { ...BASE_LAYOUT, height: 280, yaxis: { ...AXIS, title: { text: "cosine" }, range: [0, 1.05] },
-      yaxis2: { ...AXIS, title: { text: "rel. error" }, type: "log", overlaying: "y", side: "right" },
+      yaxis2: { ...AXIS, ...errorAxis(rows.map((r) => r.rel_error)), overlaying: "y", side: "right" },
       legend: { orientation: "h", y: -0.3 } }, CONFIG);
+  }
+
+  /** The right axis of the fidelity chart. A log axis has no place for 0, and with every error 0 (the usual case:
+      reversible gradients are often bit-identical) Plotly invented a range with ticks like "5,781.454": a zero-only
+      axis shows one tick "0"; otherwise one tick per decade in e-notation, spanning the positive errors. */
+  function errorAxis(errors) {
+    const positive = errors.filter((e) => e !== null && e !== undefined && e > 0);
+    if (!positive.length) {
+      return { title: { text: "rel. error (all 0)" }, type: "linear", range: [-0.05, 1.05], tickvals: [0], ticktext: ["0"] };
+    }
+    const lo = Math.floor(Math.log10(Math.min(...positive)));
+    const hi = Math.max(lo + 1, Math.ceil(Math.log10(Math.max(...positive))));
+    return { title: { text: "rel. error" }, type: "log", range: [lo, hi], dtick: 1, exponentformat: "e", showexponent: "all" };
   }
 
   /** Memory of `mefts bench` rows (GET /api/bench) against `xKey` ("layers" or "seq_len"): one line per backbone ×
@@ -324,6 +337,6 @@ const Charts = (() => {
     root.querySelectorAll(".js-plotly-plot").forEach((el) => Plotly.Plots.resize(el));
   }
 
-  return { ready, scatter, paretoFront, pivot, saving, lossCurves, metricCurves, memoryBar, memoryParts, fidelity,
+  return { ready, scatter, paretoFront, pivot, saving, lossCurves, metricCurves, memoryBar, memoryParts, fidelity, errorAxis,
     resize, MEMORY, colorMap, benchCurves };
 })();

@@ -422,7 +422,19 @@ def test_run_detail(page, server, finished_run):
     page.wait_for_function("() => { const d = document.getElementById('chart-fidelity'); return d && d.data; }")
     cosine = next(t for t in graph(page, "chart-fidelity")["data"] if t["name"].startswith("gradient cosine"))
     assert cosine["y"] == pytest.approx([r["cosine"] for r in fidelity])
+    # every error is 0: the right axis says so with one tick, not an invented range ("5,781.454")
+    assert page.locator("#chart-fidelity .y2tick text").all_text_contents() == ["0"]
     expect(page.locator("#run-facts")).to_contain_text("2 reversible layers: bit-identical to plain autograd")
+
+
+def test_fidelity_error_axis_spans_the_errors_in_decades(page, server):
+    page.goto(server.url + "/#/runs")
+    ticks = page.evaluate("""async () => { const d = document.createElement('div'); d.style.width = '600px';
+        document.body.append(d);
+        await Charts.fidelity(d, [{ layer: 0, cosine: 1, rel_error: 2e-7 }, { layer: 1, cosine: 0.99, rel_error: 3e-5 }]);
+        const out = [...d.querySelectorAll('.y2tick text')].map((t) => t.textContent); Plotly.purge(d); d.remove();
+        return out; }""")
+    assert ticks == ["1e\u22127", "1e\u22126", "1e\u22125", "1e\u22124"]  # Plotly writes a true minus sign
 
 
 def test_run_detail_downloads_the_trained_model(page, server, finished_run):
