@@ -114,7 +114,7 @@ def test_runs_row_shows_result(page, finished_run):
 
 # ------------------------------------------------------------------------------------------------ compare
 def test_scatter_shows_the_run_and_pareto_front(page, server, finished_run):
-    page.goto(server.url + "/#/compare?task=sst2&mem=stored&select=best")
+    page.goto(server.url + "/#/compare?task=sst2&mem=stored&select=best&front=all")  # "mem": links from before x/y
     wait_scatter(page)
     fig = graph(page, "scatter")
     scale = GiB if "GiB" in fig["layout"]["xaxis"]["title"] else MiB
@@ -139,7 +139,7 @@ def test_scatter_shows_the_run_and_pareto_front(page, server, finished_run):
 def test_memory_axis_choice_and_log_scale(page, server, finished_run):
     page.goto(server.url + "/#/compare?task=sst2&mem=stored")
     wait_scatter(page)
-    page.select_option("#cmp-mem", "peak")
+    page.select_option("#cmp-x", "peak")
     page.check("#cmp-log")
     page.wait_for_function("() => document.getElementById('scatter').layout.xaxis.type === 'log'")
     fig = graph(page, "scatter")
@@ -149,7 +149,47 @@ def test_memory_axis_choice_and_log_scale(page, server, finished_run):
     xs = [x for t in fig["data"] if (t["meta"] or {}).get("kind") == "results"
           for x, cd in zip(t["x"], t["customdata"]) if str(finished_run["id"]) in cd[0].split(",")]
     assert xs == [pytest.approx(mine["peak_bytes_mean"] / scale)]
-    assert "log=1" in page.url and "mem=peak" in page.url  # the view is in the URL
+    assert "log=1" in page.url and "x=peak" in page.url  # the view is in the URL
+
+
+def test_any_metric_on_any_axis_with_a_front_per_backbone(page, server, finished_run):
+    """x = step time, y = score, colour = peak: the fronts the page draws (one per backbone) are the ones recomputed
+    here from GET /api/runs (mean over seeds per method; lower step time and higher score are better)."""
+    page.goto(server.url + "/#/compare?task=sst2&select=best")
+    wait_scatter(page)
+    assert page.input_value("#cmp-x") == "peak_act" and page.input_value("#cmp-y") == "score"  # the defaults
+    page.select_option("#cmp-x", "step")
+    page.select_option("#cmp-color", "peak")
+    page.wait_for_function("() => location.hash.includes('color=peak')"
+                           " && document.getElementById('scatter').layout.xaxis.title.text.startsWith('Step time')")
+    assert "x=step" in page.url and "y=score" in page.url
+    drawn = page.evaluate("""() => document.getElementById('scatter').data.filter((t) => t.meta && t.meta.kind === 'pareto')
+        .map((t) => ({ backbone: t.meta.backbone, runs: t.customdata, x: t.x, y: t.y }))""")
+    colours = page.evaluate("""() => Object.fromEntries(document.getElementById('scatter').data
+        .filter((t) => t.meta && t.meta.kind === 'results')
+        .flatMap((t) => t.customdata.map((cd, i) => [cd[0], t.marker.color[i]])))""")
+    runs = [r for r in server.get("/api/runs", status="succeeded", task="sst2", limit=1000)["items"]]
+    for backbone in ("bert-base", "roberta-large"):  # seeded: one configuration per method, three seeds each
+        groups: dict[str, list[dict]] = {}
+        for r in runs:
+            if r["backbone"] == backbone:
+                groups.setdefault(r["method_label"], []).append(r)
+        points = {}
+        for members in groups.values():
+            ids = ",".join(str(r["id"]) for r in sorted(members, key=lambda r: r["seed"]))
+            mean = {k: sum(r[k] for r in members) / len(members) for k in ("step_seconds", "score", "peak_bytes")}
+            points[ids] = (mean["step_seconds"], mean["score"])  # pareto(): lower x, higher y
+            assert colours[ids] == pytest.approx(mean["peak_bytes"])
+        expected = pareto(list(points.values()))
+        front = next(f for f in drawn if f["backbone"] == backbone)
+        assert {ids for ids, p in points.items() if p in expected} == set(front["runs"])
+        assert [x for x in front["x"]] == pytest.approx(sorted(points[i][0] for i in front["runs"]))
+    assert page.get_attribute("#scatter", "data-fronts") is not None
+    # one front over all backbones on request
+    page.check("#cmp-front-all")
+    page.wait_for_function("() => document.getElementById('scatter').data.filter((t) => t.meta && t.meta.kind === 'pareto')"
+                           ".every((t) => t.meta.backbone === null)")
+    assert "front=all" in page.url
 
 
 def test_pivot_marks_best_cell_and_savings(page, server, finished_run):

@@ -17,6 +17,8 @@ const Runs = (() => {
     { key: "score", label: "Score", sort: "score" },
     { key: "stored_activation_bytes", label: "Stored act.", sort: "stored_activation_bytes" },
     { key: "peak_bytes", label: "Peak", sort: "peak_bytes", opt: true },
+    { key: "step_seconds", label: "Step time", opt: true },
+    { key: "tokens_per_second", label: "Tokens/s", opt: true },
     { key: "created_at", label: "Created", sort: "created_at", opt: true },
     { key: "duration_seconds", label: "Duration", opt: true },
     { key: "actions", label: "Actions" },
@@ -67,6 +69,8 @@ const Runs = (() => {
       case "stored_activation_bytes": case "peak_bytes": return Api.fmtBytes(r[c.key]);
       case "created_at": return Api.fmtTime(r.created_at);
       case "duration_seconds": return Api.fmtDuration(r.duration_seconds);
+      case "step_seconds": return r.step_seconds ? `${(1000 * r.step_seconds).toPrecision(3)} ms` : "";
+      case "tokens_per_second": return r.tokens_per_second ? Math.round(r.tokens_per_second).toLocaleString("en-US") : "";
       case "learning_rate": return r.learning_rate === null ? "default" : String(r.learning_rate);
       case "actions": return actions(r);
       default: return r[c.key] === null || r[c.key] === undefined ? "" : String(r[c.key]);
