@@ -497,6 +497,38 @@ def test_run_detail_downloads_the_trained_model(page, server, finished_run):
     expect(page.locator("#run-model")).to_be_hidden()
 
 
+# The first answer for `slow` (a URL fragment) comes 1.5 s late: any view that still draws it shows stale data.
+DELAY_FETCH = """(slow) => { const orig = window.fetch; window.__slowDone = false;
+    window.fetch = (url, init) => String(url).includes(slow) && !window.__slowDone
+      ? new Promise((ok) => setTimeout(ok, 1500)).then(() => { window.__slowDone = true; return orig(url, init); })
+      : orig(url, init); }"""
+
+
+def test_views_ignore_stale_answers(page, server, finished_run):
+    """Moving on before an answer arrives: the older answer, arriving last, must not be drawn over the newer view."""
+    old, new = finished_run["id"], server.seeded["succeeded"][0]
+    page.goto(server.url + "/#/runs")
+    page.evaluate(DELAY_FETCH, f"/api/runs/{old}/metrics")
+    page.evaluate("(id) => { location.hash = `#/runs/${id}`; }", old)
+    page.wait_for_function("(id) => document.getElementById('run-title').textContent.startsWith(`Run #${id}`)", arg=old)
+    page.evaluate("(id) => { location.hash = `#/runs/${id}`; }", new)
+    page.wait_for_function("() => window.__slowDone === true")
+    page.wait_for_timeout(300)  # the late answer is in: had it been drawn, it would be now
+    names = {t["name"] for t in graph(page, "chart-loss")["data"]}
+    series = server.get(f"/api/runs/{new}/metrics")["series"]
+    assert "loss per step" not in names and "step_loss" not in series  # the form run's curve stays on its own page
+    assert page.inner_text("#run-title").startswith(f"Run #{new}")
+    # the submit form: cloning one run, then another before the first answered, fills in the second
+    page.evaluate(DELAY_FETCH, f"/api/runs/{old}")
+    page.evaluate("(id) => { location.hash = `#/submit?clone=${id}`; }", old)
+    page.wait_for_timeout(100)
+    page.evaluate("(id) => { location.hash = `#/submit?clone=${id}`; }", new)
+    page.wait_for_function("() => window.__slowDone === true")
+    page.wait_for_timeout(300)
+    expect(page.locator("#clone-banner")).to_contain_text(f"Cloning run #{new} ")
+    assert page.input_value("#f-backbone") == server.get(f"/api/runs/{new}")["backbone"]
+
+
 # ------------------------------------------------------------------------------------------------ basics
 def test_form_fields_are_labelled(page, server):
     page.goto(server.url + "/#/submit")
