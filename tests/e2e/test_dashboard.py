@@ -498,10 +498,12 @@ def test_run_detail_downloads_the_trained_model(page, server, finished_run):
 
 
 # The first answer for `slow` (a URL fragment) comes 1.5 s late: any view that still draws it shows stale data.
-DELAY_FETCH = """(slow) => { const orig = window.fetch; window.__slowDone = false;
-    window.fetch = (url, init) => String(url).includes(slow) && !window.__slowDone
-      ? new Promise((ok) => setTimeout(ok, 1500)).then(() => { window.__slowDone = true; return orig(url, init); })
-      : orig(url, init); }"""
+DELAY_FETCH = """(slow) => { const orig = window.fetch; window.__slowStarted = false; window.__slowDone = false;
+    window.fetch = (url, init) => {
+      if (!String(url).includes(slow) || window.__slowStarted) return orig(url, init);
+      window.__slowStarted = true;
+      return new Promise((ok) => setTimeout(ok, 1500)).then(() => { window.__slowDone = true; return orig(url, init); });
+    }; }"""
 
 
 def test_views_ignore_stale_answers(page, server, finished_run):
@@ -510,7 +512,7 @@ def test_views_ignore_stale_answers(page, server, finished_run):
     page.goto(server.url + "/#/runs")
     page.evaluate(DELAY_FETCH, f"/api/runs/{old}/metrics")
     page.evaluate("(id) => { location.hash = `#/runs/${id}`; }", old)
-    page.wait_for_function("(id) => document.getElementById('run-title').textContent.startsWith(`Run #${id}`)", arg=old)
+    page.wait_for_function("() => window.__slowStarted === true")  # the old run's metrics are on their way
     page.evaluate("(id) => { location.hash = `#/runs/${id}`; }", new)
     page.wait_for_function("() => window.__slowDone === true")
     page.wait_for_timeout(300)  # the late answer is in: had it been drawn, it would be now
@@ -521,7 +523,7 @@ def test_views_ignore_stale_answers(page, server, finished_run):
     # the submit form: cloning one run, then another before the first answered, fills in the second
     page.evaluate(DELAY_FETCH, f"/api/runs/{old}")
     page.evaluate("(id) => { location.hash = `#/submit?clone=${id}`; }", old)
-    page.wait_for_timeout(100)
+    page.wait_for_function("() => window.__slowStarted === true")
     page.evaluate("(id) => { location.hash = `#/submit?clone=${id}`; }", new)
     page.wait_for_function("() => window.__slowDone === true")
     page.wait_for_timeout(300)
