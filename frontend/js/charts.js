@@ -395,11 +395,60 @@ const Charts = (() => {
     return traces.length;
   }
 
+  /** Curves of several runs in one chart (Compare runs): `kind` "loss" draws each run's epoch-mean train loss (or
+      its per-step loss) solid and its dev loss dashed; "metric" its dev/test metrics per epoch. One colour per run. */
+  async function overlayCurves(div, names, seriesList, kind) {
+    const Plotly = await ready();
+    const traces = [];
+    seriesList.forEach((series, i) => {
+      const color = EXTRA_COLORS.concat(Object.values(METHOD_COLORS))[i % 15];
+      const add = (key, dash, xKey) => {
+        const s = series[key];
+        if (s && s.length) traces.push({ type: "scatter", mode: "lines+markers", name: `${names[i]}: ${key}`,
+          x: s.map((p) => p[xKey]), y: s.map((p) => p.value), line: { color, dash }, meta: { run: i, key } });
+      };
+      if (kind === "loss") {
+        add(series.train_loss && series.train_loss.length ? "train_loss" : "step_loss", "solid", "step");
+        add("dev_loss", "dash", "step");
+      } else {
+        Object.keys(series).filter((k) => (k.startsWith("dev_") || k.startsWith("test_")) && !k.endsWith("_loss"))
+          .forEach((k, j) => add(k, j ? "dot" : "solid", "epoch"));
+      }
+    });
+    await Plotly.react(div, traces, { ...BASE_LAYOUT, title: { text: kind === "loss" ? "Loss" : "Metrics per epoch", font: { size: 13 } },
+      xaxis: { ...AXIS, title: { text: kind === "loss" ? "step" : "epoch" } }, yaxis: { ...AXIS, title: { text: kind } },
+      legend: { orientation: "h", y: -0.3 } }, CONFIG);
+    return traces.length;
+  }
+
+  /** The memory breakdown of several runs side by side (Compare runs): one stacked bar per run, same parts and
+      colours as a run's own breakdown, the measured peak as a black mark. */
+  async function memoryBars(div, names, memories) {
+    const Plotly = await ready();
+    const parts = memories.map((m) => (m ? memoryParts(m) : []));
+    const top = Math.max(0, ...memories.map((m, i) => Math.max(m ? m.peak_bytes || 0 : 0,
+      parts[i].reduce((s, [, v]) => s + (v || 0), 0))));
+    const { div: scale, unit } = Api.byteUnit(top);
+    const labels = memoryParts({}).map(([label, , color]) => [label, color]);
+    const traces = labels.map(([label, color], k) => ({
+      type: "bar", orientation: "h", name: label, marker: { color }, y: names,
+      x: parts.map((p) => (p[k] && p[k][1] !== null ? p[k][1] / scale : null)),
+      hovertemplate: `%{y}<br>${label}: %{x:.3f} ${unit}<extra></extra>`,
+    }));
+    traces.push({ type: "scatter", mode: "markers", name: "measured peak", y: names,
+      x: memories.map((m) => (m && m.peak_bytes ? m.peak_bytes / scale : null)),
+      marker: { symbol: "line-ns-open", size: 22, color: "#111", line: { width: 2 } },
+      hovertemplate: `%{y}<br>measured peak %{x:.3f} ${unit}<extra></extra>` });
+    await Plotly.react(div, traces, { ...BASE_LAYOUT, barmode: "stack", height: 120 + 40 * names.length,
+      xaxis: { ...AXIS, ticksuffix: ` ${unit}` }, yaxis: { ...AXIS, autorange: "reversed" },
+      legend: { orientation: "h", y: -0.25 } }, CONFIG);
+  }
+
   async function resize(root) {
     const Plotly = await ready();
     root.querySelectorAll(".js-plotly-plot").forEach((el) => Plotly.Plots.resize(el));
   }
 
   return { ready, scatter, paretoFront, pivot, saving, lossCurves, metricCurves, memoryBar, memoryParts, fidelity, errorAxis,
-    resize, MEMORY, METRICS, fmtMetric, colorMap, benchCurves };
+    resize, MEMORY, METRICS, fmtMetric, overlayCurves, memoryBars, colorMap, benchCurves };
 })();

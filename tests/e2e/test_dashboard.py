@@ -497,6 +497,43 @@ def test_run_detail_downloads_the_trained_model(page, server, finished_run):
     expect(page.locator("#run-model")).to_be_hidden()
 
 
+def _flat(prefix: str, value, out: dict) -> dict:
+    if isinstance(value, dict) and value:
+        for k, v in value.items():
+            _flat(f"{prefix}.{k}" if prefix else k, v, out)
+    else:
+        out[prefix] = value
+    return out
+
+
+def test_compare_two_runs(page, server, finished_run):
+    """Tick two runs in the runs table (on different pages), compare them: the config fields that differ, one loss
+    curve per run, and a memory bar per run; the URL holds the selection."""
+    mine, other = finished_run["id"], server.seeded["succeeded"][0]
+    page.goto(server.url + "/#/runs")
+    page.check(f'#runs-table tr[data-id="{mine}"] input.pick')
+    expect(page.locator("#diff-btn")).to_be_disabled()
+    page.goto(server.url + "/#/runs?sort=id")  # another page: the first tick is kept
+    page.check(f'#runs-table tr[data-id="{other}"] input.pick')
+    expect(page.locator("#diff-btn")).to_have_text("Compare selected (2)")
+    page.click("#diff-btn")
+    page.wait_for_selector('#diff-body[data-rendered="2"]')
+    assert f"ids={min(mine, other)},{max(mine, other)}" in page.url
+    runs = [server.get(f"/api/runs/{i}") for i in sorted((mine, other))]
+    flat = [_flat("", {**r["config"], "method_label": r["method_label"]}, {}) for r in runs]
+    differ = sorted(k for k in set(flat[0]) | set(flat[1]) if flat[0].get(k) != flat[1].get(k))
+    assert page.locator("#diff-table tbody tr").evaluate_all("(rows) => rows.map((r) => r.dataset.key)") == differ
+    assert {"backbone", "method", "seed"} <= set(differ) and "task" not in differ  # same task: not shown
+    loss = graph(page, "diff-loss")["data"]
+    assert {t["name"].split(":")[0].split()[0] for t in loss} == {f"#{mine}", f"#{other}"}
+    series = server.get(f"/api/runs/{other}/metrics")["series"]
+    theirs = next(t for t in loss if t["name"].startswith(f"#{other} ") and t["name"].endswith("train_loss"))
+    assert theirs["y"] == pytest.approx([p["value"] for p in series["train_loss"]])
+    bars = graph(page, "diff-mem")["data"]
+    stored = next(t for t in bars if t["name"] == "stored activations")
+    assert len(stored["y"]) == 2 and all(x is not None for x in stored["x"])
+
+
 # The first answer for `slow` (a URL fragment) comes 1.5 s late: any view that still draws it shows stale data.
 DELAY_FETCH = """(slow) => { const orig = window.fetch; window.__slowStarted = false; window.__slowDone = false;
     window.fetch = (url, init) => {
@@ -544,11 +581,16 @@ def test_form_fields_are_labelled(page, server):
 def test_screenshots_and_no_horizontal_overflow(page, server, finished_run, screenshots, width):
     page.set_viewport_size({"width": width, "height": 800})
     try:
-        for name, hash_ in [("compare", "#/compare?task=sst2&mem=stored"), ("run-detail", f"#/runs/{finished_run['id']}"),
-                            ("runs", "#/runs"), ("submit", "#/submit")]:
+        diff = f"#/diff?ids={server.seeded['succeeded'][0]},{server.seeded['succeeded'][-1]},{finished_run['id']}"
+        for name, hash_ in [("compare", "#/compare?task=sst2&mem=stored"),
+                            ("compare-step", "#/compare?task=sst2&x=step&y=score&color=peak"),
+                            ("run-detail", f"#/runs/{finished_run['id']}"), ("runs", "#/runs"), ("submit", "#/submit"),
+                            ("diff", diff)]:
             page.goto(server.url + "/" + hash_)
-            if name == "compare":
+            if name.startswith("compare"):
                 wait_scatter(page)
+            elif name == "diff":
+                page.wait_for_selector('#diff-body[data-rendered="3"]')
             elif name == "run-detail":
                 page.wait_for_function("() => { const d = document.getElementById('chart-mem'); return d && d.data; }")
             elif name == "runs":

@@ -2,7 +2,7 @@
 "use strict";
 
 const Compare = (() => {
-  const { $, el, state, guard, debounce, parseHash, navigate, downloads } = UI;
+  const { $, el, state, flash, guard, debounce, parseHash, navigate, downloads } = UI;
 
   const opts = () => {
     const x = $("cmp-x").value;
@@ -103,14 +103,21 @@ const Compare = (() => {
     }
     if (scatterDiv.querySelector(".empty-state")) scatterDiv.replaceChildren();
     const drawn = await Charts.scatter(scatterDiv, rows, { x: o.x, y: o.y, color: o.color, frontAll: o.frontAll,
-      log: o.log, onPoint: (ids) => ids.length && navigate(`#/runs/${ids[0]}`) });
+      log: o.log, onPoint: (ids, ev) => {
+        if (!ids.length) return;
+        if (!(ev && (ev.shiftKey || ev.ctrlKey || ev.metaKey))) { navigate(`#/runs/${ids[0]}`); return; }
+        ids.forEach((id) => Diff.selection().add(id));  // shift-click: pick the point's runs for Compare runs
+        const all = [...Diff.selection()].sort((a, b) => a - b);
+        flash(`${all.length} run${all.length === 1 ? "" : "s"} picked. `, "info", ["Compare them", `#/diff?ids=${all.join(",")}`]);
+      } });
     scatterDiv.dataset.rendered = String(drawn.shown);
     scatterDiv.dataset.fronts = JSON.stringify(drawn.fronts);  // what the page drew, for tests and scripts
     performance.mark("mefts:scatter");  // read by bench/page_load.py
     const named = [o.x, o.y].map((k) => Charts.METRICS[k].label.toLowerCase()).join(" or ");
     $("scatter-note").textContent = `${drawn.shown} point${drawn.shown === 1 ? "" : "s"} on ${o.task}` +
       (drawn.hidden ? `; ${drawn.hidden} without a measured ${named} not shown` : "") +
-      `. Pareto front${o.frontAll ? " over all backbones" : "s per backbone"}. Click a point to open its run.`;
+      `. Pareto front${o.frontAll ? " over all backbones" : "s per backbone"}. Click a point to open its run; ` +
+      "shift-click points to pick their runs for Compare runs.";
     renderPivot(rows, o);
   }
 

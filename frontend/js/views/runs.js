@@ -5,6 +5,7 @@ const Runs = (() => {
   const { $, el, state, flash, guard, debounce, navigate, downloads, badge, STATUS_TEXT } = UI;
 
   const COLS = [
+    { key: "pick", label: "Pick" },
     { key: "id", label: "Run", sort: "id" },
     { key: "method_label", label: "Method", sort: "method_label" },
     { key: "backbone", label: "Backbone", sort: "backbone" },
@@ -63,6 +64,8 @@ const Runs = (() => {
 
   function cellContent(c, r) {
     switch (c.key) {
+      case "pick": return el("input", { type: "checkbox", class: "pick", "aria-label": `Select run ${r.id} to compare`,
+        checked: Diff.selection().has(r.id) ? "" : null, onchange: (e) => pick(r.id, e.target.checked) });
       case "id": return el("a", { href: `#/runs/${r.id}` }, `#${r.id}`, r.name ? el("div", { class: "sub" }, r.name) : "");
       case "status": return statusCell(r);
       case "score": return r.score === null ? "" : el("span", { title: r.main_metric }, Api.fmtScore(r.score));
@@ -75,6 +78,19 @@ const Runs = (() => {
       case "actions": return actions(r);
       default: return r[c.key] === null || r[c.key] === undefined ? "" : String(r[c.key]);
     }
+  }
+
+  /** Tick or untick a run for Compare runs; the button says how many are ticked. */
+  function pick(id, on) {
+    const sel = Diff.selection();
+    if (on) sel.add(id); else sel.delete(id);
+    syncPick();
+  }
+
+  function syncPick() {
+    const n = Diff.selection().size;
+    $("diff-btn").disabled = n < 2;
+    $("diff-btn").textContent = n ? `Compare selected (${n})` : "Compare selected";
   }
 
   function row(r) {
@@ -216,6 +232,13 @@ const Runs = (() => {
       setParams({ [s.dataset.key]: s.value, offset: 0 })));
     $("page-prev").addEventListener("click", () => setParams({ offset: Math.max(0, state.runs.offset - state.runs.limit) }));
     $("page-next").addEventListener("click", () => setParams({ offset: state.runs.offset + state.runs.limit }));
+    $("diff-btn").addEventListener("click", () => navigate(`#/diff?ids=${[...Diff.selection()].sort((a, b) => a - b).join(",")}`));
+    $("diff-clear").addEventListener("click", () => {
+      Diff.selection().clear();
+      document.querySelectorAll("#runs-table input.pick").forEach((b) => { b.checked = false; });
+      syncPick();
+    });
+    syncPick();
     setInterval(() => { if (state.view === "runs" && !document.hidden) guard(loadSystem)(); }, 10000);
   }
 
