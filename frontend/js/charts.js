@@ -163,6 +163,9 @@ const Charts = (() => {
     const onFront = new Set(fronts.flatMap((f) => f.idx));
     const cvals = mc ? pts.map((p) => p.row[mc.mean]) : [];
     const cfinite = cvals.filter(ok);
+    // Plotly would label bytes "10B" (SI giga): label five even steps of the colour bar as MiB/GiB instead
+    const cticks = mc && mc.unit === "bytes" && cfinite.length
+      ? [0, 1, 2, 3, 4].map((k) => Math.min(...cfinite) + (k / 4) * (Math.max(...cfinite) - Math.min(...cfinite))) : null;
 
     const traces = [];
     for (const label of labels) {
@@ -178,7 +181,8 @@ const Charts = (() => {
           line: { color: idx.map((i) => (onFront.has(i) ? "#111" : "#fff")), width: idx.map((i) => (onFront.has(i) ? 1.5 : 1)) },
           ...(mc ? { colorscale: "Viridis", reversescale: mc.better === "lower", cmin: Math.min(...cfinite),
             cmax: Math.max(...cfinite), showscale: label === labels[0],
-            colorbar: { title: { text: `${mc.label} (${mc.better} is better)` }, len: 0.6, y: 0.3, x: 1.02 } } : {}),
+            colorbar: { title: { text: `${mc.label} (${mc.better} is better)` }, len: 0.6, y: 0.3, x: 1.02,
+              ...(cticks ? { tickvals: cticks, ticktext: cticks.map((v) => Api.fmtBytes(v, 1)) } : {}) } } : {}),
         },
         text: idx.map((i) => hoverText(pts[i].row, onFront.has(i))), hovertemplate: "%{text}<extra></extra>",
         customdata: idx.map((i) => [runList(pts[i].row).join(","), pts[i].row.backbone, pts[i].row.n]),
@@ -417,7 +421,7 @@ const Charts = (() => {
     });
     await Plotly.react(div, traces, { ...BASE_LAYOUT, title: { text: kind === "loss" ? "Loss" : "Metrics per epoch", font: { size: 13 } },
       xaxis: { ...AXIS, title: { text: kind === "loss" ? "step" : "epoch" } }, yaxis: { ...AXIS, title: { text: kind } },
-      legend: { orientation: "h", y: -0.3 } }, CONFIG);
+      legend: { orientation: "h", y: -0.4 } }, CONFIG);  // below the axis title, also when the legend wraps
     return traces.length;
   }
 
