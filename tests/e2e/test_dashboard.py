@@ -557,7 +557,9 @@ def test_views_ignore_stale_answers(page, server, finished_run):
     series = server.get(f"/api/runs/{new}/metrics")["series"]
     assert "loss per step" not in names and "step_loss" not in series  # the form run's curve stays on its own page
     assert page.inner_text("#run-title").startswith(f"Run #{new}")
-    # the submit form: cloning one run, then another before the first answered, fills in the second
+    # the submit form: cloning one run, then another before the first answered, fills in the second (here the form's
+    # own run: a synthetic run's stored options are not all ones the form accepts)
+    old, new = new, old
     page.evaluate(DELAY_FETCH, f"/api/runs/{old}")
     page.evaluate("(id) => { location.hash = `#/submit?clone=${id}`; }", old)
     page.wait_for_function("() => window.__slowStarted === true")

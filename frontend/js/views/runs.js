@@ -64,8 +64,9 @@ const Runs = (() => {
 
   function cellContent(c, r) {
     switch (c.key) {
-      case "pick": return el("input", { type: "checkbox", class: "pick", "aria-label": `Select run ${r.id} to compare`,
-        checked: Diff.selection().has(r.id) ? "" : null, onchange: (e) => pick(r.id, e.target.checked) });
+      case "pick": return [el("input", { type: "checkbox", class: "pick", id: `pick-${r.id}`,
+        checked: Diff.selection().has(r.id) ? "" : null, onchange: (e) => pick(r.id, e.target.checked) }),
+      el("label", { for: `pick-${r.id}`, class: "sr-only" }, `Select run ${r.id} to compare`)];
       case "id": return el("a", { href: `#/runs/${r.id}` }, `#${r.id}`, r.name ? el("div", { class: "sub" }, r.name) : "");
       case "status": return statusCell(r);
       case "score": return r.score === null ? "" : el("span", { title: r.main_metric }, Api.fmtScore(r.score));
