@@ -160,6 +160,10 @@ class RunSummary(BaseModel):
     score: float | None
     stored_activation_bytes: int | None = None
     peak_bytes: int | None = None
+    peak_activation_bytes: int | None = Field(default=None, description="of the latest measured step (in lists)")
+    step_seconds: float | None = Field(default=None, description="wall time of the measured training step (in lists)")
+    tokens_per_second: float | None = Field(
+        default=None, description="batch × sequence length / step_seconds of the measured step (in lists)")
     error: str | None
     worker_id: str | None
     pid: int | None

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from backend.schemas import iso_utc
-from backend.views import duration_seconds
+from backend.views import duration_seconds, tokens_per_second
 from db.models import MEMORY_FIELDS, MemoryReportRow, Run, RunStatus
 from mefts_core.measure import paper, tables
 
@@ -108,7 +108,8 @@ def runs_table(runs: Sequence[Run], memories: dict[int, MemoryReportRow]) -> tup
 RESULT_COLUMNS = (
     "task", "data_source", "backbone", "method", "n", "seeds", "main_metric", "score_mean", "score_std", "dev_score_mean",
     "stored_activation_bytes_mean", "stored_activation_bytes_std", "peak_bytes_mean", "peak_bytes_std",
-    "peak_activation_bytes_mean", "trainable_params", "score_delta_vs_full", "activation_saving_vs_full",
+    "peak_activation_bytes_mean", "step_seconds_mean", "tokens_per_second_mean", "wall_seconds_mean",
+    "trainable_params", "score_delta_vs_full", "activation_saving_vs_full",
     "peak_saving_vs_full", "n_configs", "config", "run_ids",
 )
 
@@ -118,6 +119,16 @@ def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
         return None, None
     mean = statistics.fmean(values)
     return mean, (statistics.stdev(values) if len(values) > 1 else None)
+
+
+def _speed_means(members: Sequence[Run], memories: dict[int, MemoryReportRow]) -> Row:
+    """Mean measured step time and tokens per second, and mean training wall time, over a configuration's seeds."""
+    reports = [memories[r.id] for r in members if r.id in memories]
+    steps = [m.step_seconds for m in reports if m.step_seconds]
+    rates = [t for t in (tokens_per_second(m) for m in reports) if t is not None]
+    walls = [float(w) for w in ((r.result or {}).get("wall_seconds") for r in members) if isinstance(w, int | float)]
+    return {"step_seconds_mean": _mean_std(steps)[0], "tokens_per_second_mean": _mean_std(rates)[0],
+            "wall_seconds_mean": _mean_std(walls)[0]}
 
 
 def _config_key(run: Run) -> str:
@@ -158,6 +169,7 @@ def results_table(
                      if r.id in memories and memories[r.id].peak_bytes is not None]
             pacts = [memories[r.id].peak_activation_bytes for r in members
                      if r.id in memories and memories[r.id].peak_activation_bytes is not None]
+            speed = _speed_means(members, memories)
             s_mean, s_std = _mean_std(scores)
             a_mean, a_std = _mean_std([float(a) for a in acts])
             p_mean, p_std = _mean_std([float(p) for p in peaks])
@@ -168,7 +180,7 @@ def results_table(
                 "score_mean": s_mean, "score_std": s_std, "dev_score_mean": _mean_std(devs)[0],
                 "stored_activation_bytes_mean": a_mean, "stored_activation_bytes_std": a_std,
                 "peak_bytes_mean": p_mean, "peak_bytes_std": p_std,
-                "peak_activation_bytes_mean": _mean_std([float(p) for p in pacts])[0],
+                "peak_activation_bytes_mean": _mean_std([float(p) for p in pacts])[0], **speed,
                 "trainable_params": members[0].trainable_params, "n_configs": len(configs),
                 "config": json.dumps(cfg, sort_keys=True), "run_ids": json.dumps([r.id for r in members]),
             })

@@ -23,6 +23,20 @@ def duration_seconds(run: Run) -> float | None:
     return max(0.0, (end - run.started_at).total_seconds())
 
 
+def tokens_per_second(memory: MemoryReportRow | None) -> float | None:
+    """Tokens of the measured step's batch over its wall time (batch × sequence length / step seconds)."""
+    if memory is None or not memory.step_seconds or not memory.batch_size or not memory.seq_len:
+        return None
+    return memory.batch_size * memory.seq_len / memory.step_seconds
+
+
+def speed_fields(memory: MemoryReportRow | None) -> dict[str, Any]:
+    """The latest measured step's peak activation, time and tokens per second (None without a report)."""
+    return dict(peak_activation_bytes=memory.peak_activation_bytes if memory is not None else None,
+                step_seconds=memory.step_seconds if memory is not None else None,
+                tokens_per_second=tokens_per_second(memory))
+
+
 def _summary_fields(run: Run) -> dict[str, Any]:
     return dict(
         id=run.id, name=run.name, sweep_id=run.sweep_id, cloned_from=run.cloned_from, backbone=run.backbone,
@@ -40,8 +54,8 @@ def _summary_fields(run: Run) -> dict[str, Any]:
     )
 
 
-def run_summary(run: Run) -> RunSummary:
-    return RunSummary(**_summary_fields(run))
+def run_summary(run: Run, memory: MemoryReportRow | None = None) -> RunSummary:
+    return RunSummary(**_summary_fields(run), **speed_fields(memory))
 
 
 def memory_out(row: MemoryReportRow | None) -> MemoryReportOut | None:
@@ -58,7 +72,7 @@ def metric_series(points: list[MetricPoint]) -> dict[str, list[MetricPointOut]]:
 
 
 def run_detail(run: Run, memory: MemoryReportRow | None, points: list[MetricPoint]) -> RunDetail:
-    base = _summary_fields(run)
+    base = {**_summary_fields(run), **speed_fields(memory)}
     return RunDetail(
         **base, config=run.config, result=run.result, log_tail=run.log_tail or "", traceback=run.traceback,
         git_revision=run.git_revision, versions=run.versions, trainable_params=run.trainable_params,

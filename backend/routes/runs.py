@@ -72,8 +72,9 @@ def list_runs(
         raise HTTPException(
             status_code=422, detail=[{"type": "value_error", "loc": ["query", "sort"], "msg": str(e), "input": sort}]
         ) from e
+    memories = crud.latest_memory_reports(session=session, run_ids=[r.id for r in runs])
     return RunList(
-        total=total or 0, limit=limit, offset=offset, items=[run_summary(r) for r in runs],
+        total=total or 0, limit=limit, offset=offset, items=[run_summary(r, memories.get(r.id)) for r in runs],
         server_time=now,
     )
 

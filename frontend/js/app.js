@@ -6,12 +6,12 @@
   const { $, state, flash, guard, parseHash } = UI;
 
   // ---------------------------------------------------------------------------------------------- routing
-  const VIEWS = ["compare", "runs", "submit", "fits", "paper", "run"];
+  const VIEWS = ["compare", "runs", "submit", "fits", "paper", "run", "diff"];
 
   function showView(name) {
     for (const v of VIEWS) $(`view-${v}`).hidden = v !== name;
     document.querySelectorAll("nav a[data-view]").forEach((a) => {
-      const on = a.dataset.view === name || (name === "run" && a.dataset.view === "runs");
+      const on = a.dataset.view === name || ((name === "run" || name === "diff") && a.dataset.view === "runs");
       if (on) a.setAttribute("aria-current", "page"); else a.removeAttribute("aria-current");
     });
     state.view = name;
@@ -23,6 +23,7 @@
     const { parts, params } = parseHash();
     if (parts[0] === "runs" && parts[1]) { showView("run"); return Detail.show(Number(parts[1])); }
     if (parts[0] === "runs") { showView("runs"); return Runs.show(params); }
+    if (parts[0] === "diff") { showView("diff"); return Diff.show(params); }
     if (parts[0] === "submit") { showView("submit"); return Submit.show(params); }
     if (parts[0] === "fits") { showView("fits"); return Fits.show(params); }
     if (parts[0] === "paper") { showView("paper"); return Paper.show(params); }
@@ -45,7 +46,7 @@
   async function start() {
     // Start fetching Plotly at once when the first view draws charts; otherwise once the first view is up.
     const { parts, params } = parseHash();
-    const charted = parts[0] !== "submit" && !(parts[0] === "runs" && !parts[1]);
+    const charted = parts[0] !== "submit" && !(parts[0] === "runs" && !parts[1]);  // diff draws charts too
     if (charted) Charts.ready().catch(() => {});
     if (parts[0] === "compare") Compare.prefetch(params.get("select") || "best");
     const [catalog, system] = await Promise.all([Api.get("/api/catalog"), Api.get("/api/system").catch(() => null)]);

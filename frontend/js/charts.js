@@ -67,104 +67,170 @@ const Charts = (() => {
     return 1 - row[m.mean] / full[m.mean];
   }
 
-  /** Indices of the points on the Pareto front: no other point has lower (or equal) memory and a higher
-      (or equal) score, one of them strictly. Returned in order of increasing memory. */
-  function paretoFront(points) {
-    const order = points.map((p, i) => i).sort((a, b) => points[a].x - points[b].x || points[b].y - points[a].y);
+  /** What the compare scatter can put on an axis or in its colour, by key: the results column (mean over seeds), its
+      std column where there is one, the unit, and which way is better. */
+  const METRICS = {
+    score: { label: "Score", mean: "score_mean", std: "score_std", unit: "score", better: "higher" },
+    peak: { label: "Peak memory", mean: "peak_bytes_mean", std: "peak_bytes_std", unit: "bytes", better: "lower" },
+    peak_act: { label: "Peak activation", mean: "peak_activation_bytes_mean", std: null, unit: "bytes", better: "lower" },
+    stored: { label: "Stored activations", mean: "stored_activation_bytes_mean", std: "stored_activation_bytes_std",
+      unit: "bytes", better: "lower" },
+    step: { label: "Step time", mean: "step_seconds_mean", std: null, unit: "s", better: "lower" },
+    tps: { label: "Tokens/s", mean: "tokens_per_second_mean", std: null, unit: "tokens/s", better: "higher" },
+    params: { label: "Trainable params", mean: "trainable_params", std: null, unit: "params", better: "lower" },
+    wall: { label: "Wall time", mean: "wall_seconds_mean", std: null, unit: "s", better: "lower" },
+  };
+
+  /** Indices of the points on the Pareto front for the axes' better directions (`lowerX`, `higherY`): no other point
+      is at least as good on both axes and better on one. Returned in order from the best x to the worst. */
+  function paretoFront(points, { lowerX = true, higherY = true } = {}) {
+    const cost = (p) => [lowerX ? p.x : -p.x, higherY ? p.y : -p.y];  // minimise the first, maximise the second
+    const order = points.map((p, i) => i).sort((a, b) => cost(points[a])[0] - cost(points[b])[0] ||
+      cost(points[b])[1] - cost(points[a])[1]);
     const front = [];
     let best = -Infinity;
     for (const i of order) {
-      if (points[i].y > best) { front.push(i); best = points[i].y; }
+      const gain = cost(points[i])[1];
+      if (gain > best) { front.push(i); best = gain; }
     }
     return front;
   }
 
   const runList = (row) => { try { return JSON.parse(row.run_ids || "[]"); } catch (_) { return []; } };
 
-  /** Scatter of score against memory, one point per results row (mean over seeds, error bars = std).
-      Colour = method label, symbol = backbone, dashed step line = Pareto front. Returns {shown, hidden}. */
-  async function scatter(div, rows, { memKey = "stored", log = false, onPoint } = {}) {
+  /** How an axis shows a metric: the divisor (bytes in MiB/GiB, scores in %) and the unit in its title. */
+  function axisScale(key, rows) {
+    const m = METRICS[key];
+    if (m.unit === "bytes") return Api.byteUnit(Math.max(0, ...rows.map((r) => r[m.mean])));
+    if (m.unit === "score") {
+      const pct = rows.every((r) => Math.abs(r[m.mean]) <= 1);
+      return { div: pct ? 0.01 : 1, unit: pct ? "%" : "" };
+    }
+    return { div: 1, unit: m.unit };
+  }
+
+  /** One metric of a results row as text, for hover labels. */
+  function fmtMetric(key, r) {
+    const m = METRICS[key];
+    const v = r[m.mean];
+    if (v === null || v === undefined) return "—";
+    if (m.unit === "bytes") return Api.fmtPm(v, m.std ? r[m.std] : null, (x) => Api.fmtBytes(x));
+    if (m.unit === "score") return Api.fmtPm(v, r[m.std]);
+    if (m.unit === "s") return key === "wall" ? Api.fmtDuration(v) : `${(1000 * v).toPrecision(3)} ms`;
+    return Math.round(v).toLocaleString("en-US");
+  }
+
+  /** A results row's whole configuration for the hover label: every metric, then every config field. */
+  function hoverText(r, onFront) {
+    let cfg = {};
+    try { cfg = JSON.parse(r.config || "{}"); } catch (_) { /* an old row without config: metrics only */ }
+    const ids = runList(r);
+    return [
+      `<b>${r.method}</b> · ${r.backbone} · ${r.task} (n=${r.n}, seeds ${r.seeds})`,
+      ...Object.keys(METRICS).map((k) => `${k === "score" ? r.main_metric || "score" : METRICS[k].label.toLowerCase()}: ${fmtMetric(k, r)}`),
+      ...Object.entries(cfg).filter(([, v]) => v !== null && !(typeof v === "object" && !Object.keys(v).length))
+        .map(([k, v]) => `<span style="color:#52606d">${k}</span> ${typeof v === "object" ? JSON.stringify(v) : v}`),
+      `run${ids.length > 1 ? "s" : ""} ${ids.map((id) => `#${id}`).join(", ")}`,
+      onFront ? "<i>on the Pareto front</i>" : "",
+    ].filter(Boolean).join("<br>");
+  }
+
+  /** Scatter of one metric against another, one point per results row (mean over seeds, error bars = std).
+      Colour = method label, or a colour scale of a third metric; symbol = backbone; dashed step line = Pareto front
+      of the chosen pair, one per backbone (or one over all with `frontAll`). Resolves with {shown, hidden, fronts}:
+      `fronts` lists each front's backbone (null: all) and its rows' run ids, as drawn. */
+  async function scatter(div, rows, { x = "peak_act", y = "score", color = "", frontAll = false, log = false, onPoint } = {}) {
     const Plotly = await ready();
-    const m = MEMORY[memKey];
-    const usable = rows.filter((r) => r.score_mean !== null && r[m.mean] !== null && r[m.mean] > 0);
+    const mx = METRICS[x];
+    const my = METRICS[y];
+    const mc = color ? METRICS[color] : null;
+    const ok = (v) => v !== null && v !== undefined && Number.isFinite(v);
+    const usable = rows.filter((r) => ok(r[mx.mean]) && ok(r[my.mean]) && (!log || r[mx.mean] > 0));
     const hidden = rows.length - usable.length;
-    const { div: scale, unit } = Api.byteUnit(Math.max(0, ...usable.map((r) => r[m.mean])));
+    const sx = axisScale(x, usable);
+    const sy = axisScale(y, usable);
     const labels = [...new Set(usable.map((r) => r.method))].sort();
     const backbones = [...new Set(usable.map((r) => r.backbone))].sort();
     const colors = colorMap(labels);
     const symbol = Object.fromEntries(backbones.map((b, i) => [b, SYMBOLS[i % SYMBOLS.length]]));
-    const pts = usable.map((r) => ({ x: r[m.mean] / scale, y: r.score_mean, row: r }));
-    const front = paretoFront(pts);
-    const onFront = new Set(front);
-    const metricName = usable.length ? usable[0].main_metric : "score";
-    const pct = usable.every((r) => Math.abs(r.score_mean) <= 1);
-    const yScale = pct ? 100 : 1;
-
-    const hover = (p, i) => {
-      const r = p.row;
-      const ids = runList(r);
-      return [
-        `<b>${r.method}</b> · ${r.backbone} · ${r.task}`,
-        `${r.main_metric}: ${Api.fmtPm(r.score_mean, r.score_std)}${pct ? " %" : ""} (n=${r.n}, seeds ${r.seeds})`,
-        `${m.label.toLowerCase()}: ${Api.fmtPm(r[m.mean], m.std ? r[m.std] : null, (v) => Api.fmtBytes(v))}`,
-        r.method !== "full" && saving(r, rows, memKey) !== null
-          ? `vs full: ${Api.fmtSaving(saving(r, rows, memKey))} ${m.short}` : "",
-        `run${ids.length > 1 ? "s" : ""} ${ids.map((id) => `#${id}`).join(", ")}`,
-        onFront.has(i) ? "<i>on the Pareto front</i>" : "",
-      ].filter(Boolean).join("<br>");
-    };
+    const pts = usable.map((r) => ({ x: r[mx.mean] / sx.div, y: r[my.mean] / sy.div, row: r }));
+    const dirs = { lowerX: mx.better === "lower", higherY: my.better === "higher" };
+    const groups = frontAll ? [null] : backbones;
+    const fronts = groups.map((b) => {
+      const idx = pts.map((p, i) => i).filter((i) => b === null || pts[i].row.backbone === b);
+      return { backbone: b, idx: paretoFront(idx.map((i) => pts[i]), dirs).map((k) => idx[k]) };
+    });
+    const onFront = new Set(fronts.flatMap((f) => f.idx));
+    const cvals = mc ? pts.map((p) => p.row[mc.mean]) : [];
+    const cfinite = cvals.filter(ok);
+    // Plotly would label bytes "10B" (SI giga): label five even steps of the colour bar as MiB/GiB instead
+    const cticks = mc && mc.unit === "bytes" && cfinite.length
+      ? [0, 1, 2, 3, 4].map((k) => Math.min(...cfinite) + (k / 4) * (Math.max(...cfinite) - Math.min(...cfinite))) : null;
 
     const traces = [];
     for (const label of labels) {
       const idx = pts.map((p, i) => i).filter((i) => pts[i].row.method === label);
+      const bar = (m, s) => ({ type: "data", visible: true, thickness: 1, width: 3, color: mc ? "#9aa5b1" : colors[label],
+        array: idx.map((i) => (m.std ? (pts[i].row[m.std] ?? 0) / s.div : 0)) });
       traces.push({
         type: "scatter", mode: "markers", name: label, legendgroup: label, showlegend: false,
-        x: idx.map((i) => pts[i].x), y: idx.map((i) => pts[i].y * yScale),
-        error_y: { type: "data", array: idx.map((i) => (pts[i].row.score_std ?? 0) * yScale), visible: true,
-          thickness: 1, width: 3, color: colors[label] },
-        error_x: { type: "data", array: idx.map((i) => (m.std ? (pts[i].row[m.std] ?? 0) / scale : 0)), visible: true,
-          thickness: 1, width: 3, color: colors[label] },
-        marker: { color: colors[label], size: 11, symbol: idx.map((i) => symbol[pts[i].row.backbone]),
-          line: { color: idx.map((i) => (onFront.has(i) ? "#111" : "#fff")), width: idx.map((i) => (onFront.has(i) ? 1.5 : 1)) } },
-        text: idx.map((i) => hover(pts[i], i)), hovertemplate: "%{text}<extra></extra>",
+        x: idx.map((i) => pts[i].x), y: idx.map((i) => pts[i].y), error_x: bar(mx, sx), error_y: bar(my, sy),
+        marker: {
+          color: mc ? idx.map((i) => (ok(cvals[i]) ? cvals[i] : null)) : colors[label], size: 11,
+          symbol: idx.map((i) => symbol[pts[i].row.backbone]),
+          line: { color: idx.map((i) => (onFront.has(i) ? "#111" : "#fff")), width: idx.map((i) => (onFront.has(i) ? 1.5 : 1)) },
+          ...(mc ? { colorscale: "Viridis", reversescale: mc.better === "lower", cmin: Math.min(...cfinite),
+            cmax: Math.max(...cfinite), showscale: label === labels[0],
+            colorbar: { title: { text: `${mc.label} (${mc.better} is better)` }, len: 0.6, y: 0.3, x: 1.02,
+              ...(cticks ? { tickvals: cticks, ticktext: cticks.map((v) => Api.fmtBytes(v, 1)) } : {}) } } : {}),
+        },
+        text: idx.map((i) => hoverText(pts[i].row, onFront.has(i))), hovertemplate: "%{text}<extra></extra>",
         customdata: idx.map((i) => [runList(pts[i].row).join(","), pts[i].row.backbone, pts[i].row.n]),
         meta: { kind: "results" },
       });
     }
-    if (front.length) {
+    for (const f of fronts.filter((g) => g.idx.length)) {
       traces.push({
-        type: "scatter", mode: "lines", name: "Pareto front", line: { shape: "hv", dash: "dash", color: "#52606d", width: 1.5 },
-        x: front.map((i) => pts[i].x), y: front.map((i) => pts[i].y * yScale), hoverinfo: "skip",
-        meta: { kind: "pareto" },
+        type: "scatter", mode: "lines", name: f.backbone ? `Pareto front · ${f.backbone}` : "Pareto front",
+        showlegend: false, line: { shape: "hv", dash: "dash", color: "#52606d", width: 1.5 },
+        x: f.idx.map((i) => pts[i].x), y: f.idx.map((i) => pts[i].y), hoverinfo: "skip",
+        meta: { kind: "pareto", backbone: f.backbone }, customdata: f.idx.map((i) => runList(pts[i].row).join(",")),
       });
     }
     // Legend-only entries: a colour square per method, a grey symbol per backbone.
-    labels.forEach((label) => traces.push({ type: "scatter", mode: "markers", x: [null], y: [null], name: label,
-      legendgroup: label, legendgrouptitle: label === labels[0] ? { text: "Method" } : undefined,
-      marker: { color: colors[label], symbol: "square", size: 10 }, hoverinfo: "skip", meta: { kind: "legend" } }));
+    if (!mc) {
+      labels.forEach((label) => traces.push({ type: "scatter", mode: "markers", x: [null], y: [null], name: label,
+        legendgroup: label, legendgrouptitle: label === labels[0] ? { text: "Method" } : undefined,
+        marker: { color: colors[label], symbol: "square", size: 10 }, hoverinfo: "skip", meta: { kind: "legend" } }));
+    }
     backbones.forEach((b, i) => traces.push({ type: "scatter", mode: "markers", x: [null], y: [null], name: b,
       legendgroup: `backbone:${b}`, legendgrouptitle: i === 0 ? { text: "Backbone" } : undefined,
       marker: { color: "#7b8794", symbol: symbol[b], size: 10 }, hoverinfo: "skip", meta: { kind: "legend" } }));
 
+    const title = (m, s, key, isLog) => `${key === "score" && usable.length ? usable[0].main_metric : m.label}` +
+      `${s.unit || isLog ? ` (${[s.unit, isLog ? "log scale" : ""].filter(Boolean).join(", ")})` : ""} → ${m.better} is better`;
     const narrow = div.clientWidth < 640;
     const layout = {
       ...BASE_LAYOUT,
-      xaxis: { ...AXIS, title: { text: `${m.label} (${unit}${log ? ", log scale" : ""}) → less is better` },
-        type: log ? "log" : "linear" },
-      yaxis: { ...AXIS, title: { text: `${metricName}${pct ? " (%)" : ""} → higher is better` } },
-      legend: narrow ? { orientation: "h", y: -0.3, x: 0 } : { x: 1.02, y: 1, groupclick: "toggleitem" },
-      margin: { ...BASE_LAYOUT.margin, r: narrow ? 16 : 150 },
+      xaxis: { ...AXIS, title: { text: title(mx, sx, x, log) }, type: log ? "log" : "linear" },
+      yaxis: { ...AXIS, title: { text: title(my, sy, y, false) } },
+      legend: narrow ? { orientation: "h", y: -0.3, x: 0 } : { x: mc ? 1.2 : 1.02, y: 1, groupclick: "toggleitem" },
+      margin: { ...BASE_LAYOUT.margin, r: narrow ? 16 : mc ? 230 : 150 },
       hovermode: "closest",
     };
+    if (narrow && mc) traces.forEach((t) => { if (t.marker && t.marker.showscale) t.marker.showscale = false; });
     await Plotly.react(div, traces, layout, CONFIG);
     if (onPoint && !div.__meftsClick) {
       div.__meftsClick = true;
       div.on("plotly_click", (ev) => {
         const p = ev.points && ev.points[0];
-        if (p && p.customdata) onPoint(String(p.customdata[0]).split(",").filter(Boolean).map(Number));
+        if (p && p.customdata && p.data.meta && p.data.meta.kind === "results") {
+          onPoint(String(p.customdata[0]).split(",").filter(Boolean).map(Number), ev.event);
+        }
       });
     }
-    return { shown: usable.length, hidden };
+    return { shown: usable.length, hidden,
+      fronts: fronts.map((f) => ({ backbone: f.backbone, runs: f.idx.map((i) => runList(pts[i].row)) })) };
   }
 
   /** Method × backbone pivot of results rows (one task): cells, best score per backbone, savings. */
@@ -191,6 +257,7 @@ const Charts = (() => {
         const s = saving(r, rows, memKey);
         out[b] = [Api.fmtPm(r.score_mean, r.score_std), Api.fmtBytes(r[m.mean]),
           method !== "full" && s !== null ? `${Api.fmtSaving(s)} ${m.short}` : "",
+          r.step_seconds_mean ? `${fmtMetric("step", r)}/step ${fmtMetric("tps", r)} tok/s` : "",
           best[b].has(r) ? "★" : ""].filter(Boolean).join(" ");
       }
       flat.push(out);
@@ -277,8 +344,21 @@ const Charts = (() => {
         yaxis: "y2", marker: { color: "#c0392b" } },
     ];
     await Plotly.react(div, traces, { ...BASE_LAYOUT, height: 280, yaxis: { ...AXIS, title: { text: "cosine" }, range: [0, 1.05] },
-      yaxis2: { ...AXIS, title: { text: "rel. error" }, type: "log", overlaying: "y", side: "right" },
+      yaxis2: { ...AXIS, ...errorAxis(rows.map((r) => r.rel_error)), overlaying: "y", side: "right" },
       legend: { orientation: "h", y: -0.3 } }, CONFIG);
+  }
+
+  /** The right axis of the fidelity chart. A log axis has no place for 0, and with every error 0 (the usual case:
+      reversible gradients are often bit-identical) Plotly invented a range with ticks like "5,781.454": a zero-only
+      axis shows one tick "0"; otherwise one tick per decade in e-notation, spanning the positive errors. */
+  function errorAxis(errors) {
+    const positive = errors.filter((e) => e !== null && e !== undefined && e > 0);
+    if (!positive.length) {
+      return { title: { text: "rel. error (all 0)" }, type: "linear", range: [-0.05, 1.05], tickvals: [0], ticktext: ["0"] };
+    }
+    const lo = Math.floor(Math.log10(Math.min(...positive)));
+    const hi = Math.max(lo + 1, Math.ceil(Math.log10(Math.max(...positive))));
+    return { title: { text: "rel. error" }, type: "log", range: [lo, hi], dtick: 1, exponentformat: "e", showexponent: "all" };
   }
 
   /** Memory of `mefts bench` rows (GET /api/bench) against `xKey` ("layers" or "seq_len"): one line per backbone ×
@@ -319,11 +399,60 @@ const Charts = (() => {
     return traces.length;
   }
 
+  /** Curves of several runs in one chart (Compare runs): `kind` "loss" draws each run's epoch-mean train loss (or
+      its per-step loss) solid and its dev loss dashed; "metric" its dev/test metrics per epoch. One colour per run. */
+  async function overlayCurves(div, names, seriesList, kind) {
+    const Plotly = await ready();
+    const traces = [];
+    seriesList.forEach((series, i) => {
+      const color = EXTRA_COLORS.concat(Object.values(METHOD_COLORS))[i % 15];
+      const add = (key, dash, xKey) => {
+        const s = series[key];
+        if (s && s.length) traces.push({ type: "scatter", mode: "lines+markers", name: `${names[i]}: ${key}`,
+          x: s.map((p) => p[xKey]), y: s.map((p) => p.value), line: { color, dash }, meta: { run: i, key } });
+      };
+      if (kind === "loss") {
+        add(series.train_loss && series.train_loss.length ? "train_loss" : "step_loss", "solid", "step");
+        add("dev_loss", "dash", "step");
+      } else {
+        Object.keys(series).filter((k) => (k.startsWith("dev_") || k.startsWith("test_")) && !k.endsWith("_loss"))
+          .forEach((k, j) => add(k, j ? "dot" : "solid", "epoch"));
+      }
+    });
+    await Plotly.react(div, traces, { ...BASE_LAYOUT, title: { text: kind === "loss" ? "Loss" : "Metrics per epoch", font: { size: 13 } },
+      xaxis: { ...AXIS, title: { text: kind === "loss" ? "step" : "epoch" } }, yaxis: { ...AXIS, title: { text: kind } },
+      legend: { orientation: "h", y: -0.4 } }, CONFIG);  // below the axis title, also when the legend wraps
+    return traces.length;
+  }
+
+  /** The memory breakdown of several runs side by side (Compare runs): one stacked bar per run, same parts and
+      colours as a run's own breakdown, the measured peak as a black mark. */
+  async function memoryBars(div, names, memories) {
+    const Plotly = await ready();
+    const parts = memories.map((m) => (m ? memoryParts(m) : []));
+    const top = Math.max(0, ...memories.map((m, i) => Math.max(m ? m.peak_bytes || 0 : 0,
+      parts[i].reduce((s, [, v]) => s + (v || 0), 0))));
+    const { div: scale, unit } = Api.byteUnit(top);
+    const labels = memoryParts({}).map(([label, , color]) => [label, color]);
+    const traces = labels.map(([label, color], k) => ({
+      type: "bar", orientation: "h", name: label, marker: { color }, y: names,
+      x: parts.map((p) => (p[k] && p[k][1] !== null ? p[k][1] / scale : null)),
+      hovertemplate: `%{y}<br>${label}: %{x:.3f} ${unit}<extra></extra>`,
+    }));
+    traces.push({ type: "scatter", mode: "markers", name: "measured peak", y: names,
+      x: memories.map((m) => (m && m.peak_bytes ? m.peak_bytes / scale : null)),
+      marker: { symbol: "line-ns-open", size: 22, color: "#111", line: { width: 2 } },
+      hovertemplate: `%{y}<br>measured peak %{x:.3f} ${unit}<extra></extra>` });
+    await Plotly.react(div, traces, { ...BASE_LAYOUT, barmode: "stack", height: 120 + 40 * names.length,
+      xaxis: { ...AXIS, ticksuffix: ` ${unit}` }, yaxis: { ...AXIS, autorange: "reversed" },
+      legend: { orientation: "h", y: -0.25 } }, CONFIG);
+  }
+
   async function resize(root) {
     const Plotly = await ready();
     root.querySelectorAll(".js-plotly-plot").forEach((el) => Plotly.Plots.resize(el));
   }
 
-  return { ready, scatter, paretoFront, pivot, saving, lossCurves, metricCurves, memoryBar, memoryParts, fidelity,
-    resize, MEMORY, colorMap, benchCurves };
+  return { ready, scatter, paretoFront, pivot, saving, lossCurves, metricCurves, memoryBar, memoryParts, fidelity, errorAxis,
+    resize, MEMORY, METRICS, fmtMetric, overlayCurves, memoryBars, colorMap, benchCurves };
 })();

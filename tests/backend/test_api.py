@@ -146,7 +146,7 @@ def test_sweep_queues_the_grid_and_caps_its_size(client):
     assert client.post(f"/api/sweeps/{sweep['id']}/cancel").json()["status_counts"] == {"cancelled": 16}
 
 
-def _finish(factory, run_id: int, *, score: float, dev: float, act: int, peak: int,
+def _finish(factory, run_id: int, *, score: float, dev: float, act: int, peak: int, step: float = 0.1,
             data_source: str | None = None) -> None:
     """Give a claimed run a verdict as the job would store it (a result dict and a memory report)."""
     with session_scope(factory) as s:
@@ -155,7 +155,7 @@ def _finish(factory, run_id: int, *, score: float, dev: float, act: int, peak: i
         crud.add_memory_report(session=s, run_id=run_id, attempt=1, report={
             "device": "cpu", "how": "cpu-profiler", "stored_activation_bytes": act, "peak_bytes": peak,
             "peak_activation_bytes": peak // 2, "param_bytes": 10, "trainable_param_bytes": 5, "grad_bytes": 5,
-            "optimizer_bytes": 10, "step_seconds": 0.1, "batch_shape": [8, 32]})
+            "optimizer_bytes": 10, "step_seconds": step, "batch_shape": [8, 32]})
         crud.finish_run(session=s, run_id=run_id, attempt=1, status=RunStatus.succeeded, values={
             "main_metric": "accuracy", "score": score, "data_source": data_source,
             "result": {"main_metric": "accuracy", "dev_metrics": {"accuracy": dev}, "test_metrics": {"accuracy": score}}})
@@ -163,11 +163,11 @@ def _finish(factory, run_id: int, *, score: float, dev: float, act: int, peak: i
 
 def test_results_aggregate_over_seeds_with_savings_vs_full(client):
     factory = client.app.state.sessionmaker
-    plan = [("full", 1, 0.80, 1000, 4000), ("full", 2, 0.90, 1000, 4000),
-            ("meft1", 1, 0.70, 200, 3000), ("meft1", 2, 0.80, 100, 1000)]
-    for method, seed, score, act, peak in plan:
+    plan = [("full", 1, 0.80, 1000, 4000, 0.1), ("full", 2, 0.90, 1000, 4000, 0.1),
+            ("meft1", 1, 0.70, 200, 3000, 0.2), ("meft1", 2, 0.80, 100, 1000, 0.4)]
+    for method, seed, score, act, peak, step in plan:
         rid = client.post("/api/runs", json=_body(method=method, seed=seed)).json()["id"]
-        _finish(factory, rid, score=score, dev=score, act=act, peak=peak)
+        _finish(factory, rid, score=score, dev=score, act=act, peak=peak, step=step)
     client.post("/api/runs", json=_body(method="lora"))  # queued: not in the results
 
     r = client.get("/api/results")
@@ -181,6 +181,13 @@ def test_results_aggregate_over_seeds_with_savings_vs_full(client):
     assert meft["activation_saving_vs_full"] == pytest.approx(0.85)  # 1 - 150 / 1000
     assert meft["peak_saving_vs_full"] == pytest.approx(0.5)  # 1 - 2000 / 4000
     assert meft["score_delta_vs_full"] == pytest.approx(-0.1)
+    # speed: the measured step's time and tokens (batch 8 × seq 32) per second, averaged over the seeds
+    assert meft["step_seconds_mean"] == pytest.approx(0.3)
+    assert meft["tokens_per_second_mean"] == pytest.approx((256 / 0.2 + 256 / 0.4) / 2)
+    assert meft["peak_activation_bytes_mean"] == pytest.approx(1000)  # (1500 + 500) / 2
+    listed = {x["seed"]: x for x in client.get("/api/runs", params={"method": "meft1"}).json()["items"]}
+    assert listed[2]["step_seconds"] == 0.4 and listed[2]["tokens_per_second"] == pytest.approx(640)
+    assert listed[2]["peak_activation_bytes"] == 500
 
     md = client.get("/api/results.md").text
     assert "| meft1 |" in md and "-85%" in md
@@ -285,3 +292,4 @@ def test_the_hyperparameter_schema_is_trainconfigs(client):
     assert all(schema[name].get("description") for name in expected)
     catalog = client.get("/api/catalog").json()["hyperparameters"]
     assert {h["name"] for h in catalog} == expected and all(h["help"] for h in catalog)
+

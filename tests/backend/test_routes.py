@@ -105,3 +105,27 @@ def test_route_modules_run_no_sql(path):
         elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in SQL_CALLS:
             bad.append(f"{path.name}:{node.lineno}: .{node.func.attr}(...)")
     assert not bad, "queries belong in db/crud.py:\n" + "\n".join(bad)
+
+
+def test_static_assets_are_gzip_encoded_only_for_clients_that_accept_it(tmp_path):
+    """Issue 18 part 6: plotly.min.js (4.8 MB) and the frontend's scripts travel gzip-encoded, with their cache
+    headers, to a browser that accepts it; a client that does not gets the plain bytes."""
+    from fastapi.testclient import TestClient
+
+    from backend.main import FRONTEND_DIR
+
+    settings = Settings(data_dir=tmp_path, database_url=f"sqlite:///{tmp_path / 'mefts.db'}")
+
+    with TestClient(create_app(settings, start_worker=False, frontend_dir=FRONTEND_DIR)) as c:
+        zipped = c.get("/static/plotly.min.js", headers={"Accept-Encoding": "gzip, deflate, br"})
+        plain = c.get("/static/plotly.min.js", headers={"Accept-Encoding": "identity"})
+        other = c.get("/static/plotly.min.js", headers={"Accept-Encoding": "deflate"})
+        app_js = c.get("/js/app.js", headers={"Accept-Encoding": "gzip"})
+    assert zipped.status_code == plain.status_code == 200
+    assert zipped.headers["content-encoding"] == "gzip"
+    assert zipped.headers["cache-control"] == plain.headers["cache-control"] == "public, max-age=86400"
+    assert "accept-encoding" in zipped.headers["vary"].lower()
+    assert int(zipped.headers["content-length"]) < int(plain.headers["content-length"]) / 2
+    assert "content-encoding" not in plain.headers and "content-encoding" not in other.headers
+    assert zipped.content == plain.content == other.content  # httpx decoded the gzip: the same script
+    assert app_js.headers["content-encoding"] == "gzip" and b"route" in app_js.content

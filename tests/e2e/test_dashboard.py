@@ -114,7 +114,7 @@ def test_runs_row_shows_result(page, finished_run):
 
 # ------------------------------------------------------------------------------------------------ compare
 def test_scatter_shows_the_run_and_pareto_front(page, server, finished_run):
-    page.goto(server.url + "/#/compare?task=sst2&mem=stored&select=best")
+    page.goto(server.url + "/#/compare?task=sst2&mem=stored&select=best&front=all")  # "mem": links from before x/y
     wait_scatter(page)
     fig = graph(page, "scatter")
     scale = GiB if "GiB" in fig["layout"]["xaxis"]["title"] else MiB
@@ -139,7 +139,7 @@ def test_scatter_shows_the_run_and_pareto_front(page, server, finished_run):
 def test_memory_axis_choice_and_log_scale(page, server, finished_run):
     page.goto(server.url + "/#/compare?task=sst2&mem=stored")
     wait_scatter(page)
-    page.select_option("#cmp-mem", "peak")
+    page.select_option("#cmp-x", "peak")
     page.check("#cmp-log")
     page.wait_for_function("() => document.getElementById('scatter').layout.xaxis.type === 'log'")
     fig = graph(page, "scatter")
@@ -149,7 +149,47 @@ def test_memory_axis_choice_and_log_scale(page, server, finished_run):
     xs = [x for t in fig["data"] if (t["meta"] or {}).get("kind") == "results"
           for x, cd in zip(t["x"], t["customdata"]) if str(finished_run["id"]) in cd[0].split(",")]
     assert xs == [pytest.approx(mine["peak_bytes_mean"] / scale)]
-    assert "log=1" in page.url and "mem=peak" in page.url  # the view is in the URL
+    assert "log=1" in page.url and "x=peak" in page.url  # the view is in the URL
+
+
+def test_any_metric_on_any_axis_with_a_front_per_backbone(page, server, finished_run):
+    """x = step time, y = score, colour = peak: the fronts the page draws (one per backbone) are the ones recomputed
+    here from GET /api/runs (mean over seeds per method; lower step time and higher score are better)."""
+    page.goto(server.url + "/#/compare?task=sst2&select=best")
+    wait_scatter(page)
+    assert page.input_value("#cmp-x") == "peak_act" and page.input_value("#cmp-y") == "score"  # the defaults
+    page.select_option("#cmp-x", "step")
+    page.select_option("#cmp-color", "peak")
+    page.wait_for_function("() => location.hash.includes('color=peak')"
+                           " && document.getElementById('scatter').layout.xaxis.title.text.startsWith('Step time')")
+    assert "x=step" in page.url and "y=score" in page.url
+    drawn = page.evaluate("""() => document.getElementById('scatter').data.filter((t) => t.meta && t.meta.kind === 'pareto')
+        .map((t) => ({ backbone: t.meta.backbone, runs: t.customdata, x: t.x, y: t.y }))""")
+    colours = page.evaluate("""() => Object.fromEntries(document.getElementById('scatter').data
+        .filter((t) => t.meta && t.meta.kind === 'results')
+        .flatMap((t) => t.customdata.map((cd, i) => [cd[0], t.marker.color[i]])))""")
+    runs = [r for r in server.get("/api/runs", status="succeeded", task="sst2", limit=1000)["items"]]
+    for backbone in ("bert-base", "roberta-large"):  # seeded: one configuration per method, three seeds each
+        groups: dict[str, list[dict]] = {}
+        for r in runs:
+            if r["backbone"] == backbone:
+                groups.setdefault(r["method_label"], []).append(r)
+        points = {}
+        for members in groups.values():
+            ids = ",".join(str(r["id"]) for r in sorted(members, key=lambda r: r["seed"]))
+            mean = {k: sum(r[k] for r in members) / len(members) for k in ("step_seconds", "score", "peak_bytes")}
+            points[ids] = (mean["step_seconds"], mean["score"])  # pareto(): lower x, higher y
+            assert colours[ids] == pytest.approx(mean["peak_bytes"])
+        expected = pareto(list(points.values()))
+        front = next(f for f in drawn if f["backbone"] == backbone)
+        assert {ids for ids, p in points.items() if p in expected} == set(front["runs"])
+        assert [x for x in front["x"]] == pytest.approx(sorted(points[i][0] for i in front["runs"]))
+    assert page.get_attribute("#scatter", "data-fronts") is not None
+    # one front over all backbones on request
+    page.check("#cmp-front-all")
+    page.wait_for_function("() => document.getElementById('scatter').data.filter((t) => t.meta && t.meta.kind === 'pareto')"
+                           ".every((t) => t.meta.backbone === null)")
+    assert "front=all" in page.url
 
 
 def test_pivot_marks_best_cell_and_savings(page, server, finished_run):
@@ -422,6 +462,8 @@ def test_run_detail(page, server, finished_run):
     page.wait_for_function("() => { const d = document.getElementById('chart-fidelity'); return d && d.data; }")
     cosine = next(t for t in graph(page, "chart-fidelity")["data"] if t["name"].startswith("gradient cosine"))
     assert cosine["y"] == pytest.approx([r["cosine"] for r in fidelity])
+    # every error is 0: the right axis says so with one tick, not an invented range ("5,781.454")
+    assert page.locator("#chart-fidelity .y2tick text").all_text_contents() == ["0"]
     expect(page.locator("#run-facts")).to_contain_text("2 reversible layers: bit-identical to plain autograd")
 
 
@@ -446,6 +488,16 @@ def test_paper_table_view_and_data_source(page, server, finished_run):
     expect(page.locator('nav a[data-view="paper"]')).to_have_attribute("aria-current", "page")
 
 
+def test_fidelity_error_axis_spans_the_errors_in_decades(page, server):
+    page.goto(server.url + "/#/runs")
+    ticks = page.evaluate("""async () => { const d = document.createElement('div'); d.style.width = '600px';
+        document.body.append(d);
+        await Charts.fidelity(d, [{ layer: 0, cosine: 1, rel_error: 2e-7 }, { layer: 1, cosine: 0.99, rel_error: 3e-5 }]);
+        const out = [...d.querySelectorAll('.y2tick text')].map((t) => t.textContent); Plotly.purge(d); d.remove();
+        return out; }""")
+    assert ticks == ["1e\u22127", "1e\u22126", "1e\u22125", "1e\u22124"]  # Plotly writes a true minus sign
+
+
 def test_run_detail_downloads_the_trained_model(page, server, finished_run):
     run = server.get(f"/api/runs/{finished_run['id']}")
     page.goto(server.url + f"/#/runs/{run['id']}")
@@ -466,6 +518,79 @@ def test_run_detail_downloads_the_trained_model(page, server, finished_run):
     expect(page.locator("#run-model")).to_be_hidden()
 
 
+def _flat(prefix: str, value, out: dict) -> dict:
+    if isinstance(value, dict) and value:
+        for k, v in value.items():
+            _flat(f"{prefix}.{k}" if prefix else k, v, out)
+    else:
+        out[prefix] = value
+    return out
+
+
+def test_compare_two_runs(page, server, finished_run):
+    """Tick two runs in the runs table (on different pages), compare them: the config fields that differ, one loss
+    curve per run, and a memory bar per run; the URL holds the selection."""
+    mine, other = finished_run["id"], server.seeded["succeeded"][0]
+    page.goto(server.url + "/#/runs")
+    page.check(f'#runs-table tr[data-id="{mine}"] input.pick')
+    expect(page.locator("#diff-btn")).to_be_disabled()
+    page.goto(server.url + "/#/runs?sort=id")  # another page: the first tick is kept
+    page.check(f'#runs-table tr[data-id="{other}"] input.pick')
+    expect(page.locator("#diff-btn")).to_have_text("Compare selected (2)")
+    page.click("#diff-btn")
+    page.wait_for_selector('#diff-body[data-rendered="2"]')
+    assert f"ids={min(mine, other)},{max(mine, other)}" in page.url
+    runs = [server.get(f"/api/runs/{i}") for i in sorted((mine, other))]
+    flat = [_flat("", {**r["config"], "method_label": r["method_label"]}, {}) for r in runs]
+    differ = sorted(k for k in set(flat[0]) | set(flat[1]) if flat[0].get(k) != flat[1].get(k))
+    assert page.locator("#diff-table tbody tr").evaluate_all("(rows) => rows.map((r) => r.dataset.key)") == differ
+    assert {"backbone", "method", "seed"} <= set(differ) and "task" not in differ  # same task: not shown
+    loss = graph(page, "diff-loss")["data"]
+    assert {t["name"].split(":")[0].split()[0] for t in loss} == {f"#{mine}", f"#{other}"}
+    series = server.get(f"/api/runs/{other}/metrics")["series"]
+    theirs = next(t for t in loss if t["name"].startswith(f"#{other} ") and t["name"].endswith("train_loss"))
+    assert theirs["y"] == pytest.approx([p["value"] for p in series["train_loss"]])
+    bars = graph(page, "diff-mem")["data"]
+    stored = next(t for t in bars if t["name"] == "stored activations")
+    assert len(stored["y"]) == 2 and all(x is not None for x in stored["x"])
+
+
+# The first answer for `slow` (a URL fragment) comes 1.5 s late: any view that still draws it shows stale data.
+DELAY_FETCH = """(slow) => { const orig = window.fetch; window.__slowStarted = false; window.__slowDone = false;
+    window.fetch = (url, init) => {
+      if (!String(url).includes(slow) || window.__slowStarted) return orig(url, init);
+      window.__slowStarted = true;
+      return new Promise((ok) => setTimeout(ok, 1500)).then(() => { window.__slowDone = true; return orig(url, init); });
+    }; }"""
+
+
+def test_views_ignore_stale_answers(page, server, finished_run):
+    """Moving on before an answer arrives: the older answer, arriving last, must not be drawn over the newer view."""
+    old, new = finished_run["id"], server.seeded["succeeded"][0]
+    page.goto(server.url + "/#/runs")
+    page.evaluate(DELAY_FETCH, f"/api/runs/{old}/metrics")
+    page.evaluate("(id) => { location.hash = `#/runs/${id}`; }", old)
+    page.wait_for_function("() => window.__slowStarted === true")  # the old run's metrics are on their way
+    page.evaluate("(id) => { location.hash = `#/runs/${id}`; }", new)
+    page.wait_for_function("() => window.__slowDone === true")
+    page.wait_for_timeout(300)  # the late answer is in: had it been drawn, it would be now
+    names = {t["name"] for t in graph(page, "chart-loss")["data"]}
+    series = server.get(f"/api/runs/{new}/metrics")["series"]
+    assert "loss per step" not in names and "step_loss" not in series  # the form run's curve stays on its own page
+    assert page.inner_text("#run-title").startswith(f"Run #{new}")
+    # the submit form: cloning one run, then another before the first answered, fills in the second (here the form's
+    # own run: a synthetic run's stored options are not all ones the form accepts)
+    old, new = new, old
+    page.evaluate(DELAY_FETCH, f"/api/runs/{old}")
+    page.evaluate("(id) => { location.hash = `#/submit?clone=${id}`; }", old)
+    page.wait_for_function("() => window.__slowStarted === true")
+    page.evaluate("(id) => { location.hash = `#/submit?clone=${id}`; }", new)
+    page.wait_for_function("() => window.__slowDone === true")
+    page.wait_for_timeout(300)
+    expect(page.locator("#clone-banner")).to_contain_text(f"Cloning run #{new} ")
+    assert page.input_value("#f-backbone") == server.get(f"/api/runs/{new}")["backbone"]
+
+
 # ------------------------------------------------------------------------------------------------ basics
 def test_form_fields_are_labelled(page, server):
     page.goto(server.url + "/#/submit")
@@ -479,11 +604,16 @@ def test_form_fields_are_labelled(page, server):
 def test_screenshots_and_no_horizontal_overflow(page, server, finished_run, screenshots, width):
     page.set_viewport_size({"width": width, "height": 800})
     try:
-        for name, hash_ in [("compare", "#/compare?task=sst2&mem=stored"), ("run-detail", f"#/runs/{finished_run['id']}"),
-                            ("runs", "#/runs"), ("submit", "#/submit")]:
+        diff = f"#/diff?ids={server.seeded['succeeded'][0]},{server.seeded['succeeded'][-1]},{finished_run['id']}"
+        for name, hash_ in [("compare", "#/compare?task=sst2&mem=stored"),
+                            ("compare-step", "#/compare?task=sst2&x=step&y=score&color=peak"),
+                            ("run-detail", f"#/runs/{finished_run['id']}"), ("runs", "#/runs"), ("submit", "#/submit"),
+                            ("diff", diff)]:
             page.goto(server.url + "/" + hash_)
-            if name == "compare":
+            if name.startswith("compare"):
                 wait_scatter(page)
+            elif name == "diff":
+                page.wait_for_selector('#diff-body[data-rendered="3"]')
             elif name == "run-detail":
                 page.wait_for_function("() => { const d = document.getElementById('chart-mem'); return d && d.data; }")
             elif name == "runs":

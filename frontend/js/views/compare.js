@@ -2,10 +2,15 @@
 "use strict";
 
 const Compare = (() => {
-  const { $, el, state, guard, debounce, parseHash, navigate, downloads } = UI;
+  const { $, el, state, flash, guard, debounce, parseHash, navigate, downloads } = UI;
 
-  const opts = () => ({ task: $("cmp-task").value, mem: $("cmp-mem").value, log: $("cmp-log").checked,
-    select: $("cmp-select").value });
+  const opts = () => {
+    const x = $("cmp-x").value;
+    // the pivot shows the memory measure on the x axis, or the peak activation (the paper's measure) if x is not one
+    return { task: $("cmp-task").value, x, y: $("cmp-y").value, color: $("cmp-color").value, log: $("cmp-log").checked,
+      frontAll: $("cmp-front-all").checked, select: $("cmp-select").value, mem: Charts.MEMORY[x] ? x : "peak_act" };
+  };
+  const AXES = { x: "peak_act", y: "score", color: "" };  // the defaults, and the URL parameters behind the selects
 
   let pending = null;  // a results request started before the catalog arrived
   function prefetch(select) {
@@ -32,17 +37,27 @@ const Compare = (() => {
 
   function syncHash() {
     const o = opts();
-    const q = new URLSearchParams({ task: o.task, mem: o.mem, select: o.select });
+    const q = new URLSearchParams({ task: o.task, x: o.x, y: o.y, select: o.select });
+    if (o.color) q.set("color", o.color);
     if (o.log) q.set("log", "1");
+    if (o.frontAll) q.set("front", "all");
     history.replaceState(null, "", `#/compare?${q}`);
   }
 
+  let shown = 0;  // the newest show(): an older one whose results arrive later must not draw over it
   async function show(params) {
-    if (params.has("mem")) $("cmp-mem").value = params.get("mem");
+    const seq = ++shown;
+    for (const [axis, fallback] of Object.entries(AXES)) {
+      // "mem" is the x axis's older name in shared links
+      const v = params.get(axis) ?? (axis === "x" ? params.get("mem") : null) ?? fallback;
+      $(`cmp-${axis}`).value = Charts.METRICS[v] || v === "" ? v : fallback;
+    }
     if (params.has("select")) $("cmp-select").value = params.get("select");
     $("cmp-log").checked = params.get("log") === "1";
+    $("cmp-front-all").checked = params.get("front") === "all";
     const select = $("cmp-select").value;
     if (state.compare.stale || state.compare.select !== select) await load(select);
+    if (seq !== shown) return;
     const rows = state.compare.rows;
     const counts = {};
     rows.forEach((r) => { counts[r.task] = (counts[r.task] || 0) + 1; });
@@ -51,6 +66,7 @@ const Compare = (() => {
     $("cmp-task").replaceChildren(...tasks.map((t) => el("option", { value: t }, `${t} (${counts[t]})`)));
     if (tasks.includes(wanted)) $("cmp-task").value = wanted;
     await render();
+    if (seq !== shown) return;
     await renderBench();
   }
 
@@ -95,13 +111,22 @@ const Compare = (() => {
       return;
     }
     if (scatterDiv.querySelector(".empty-state")) scatterDiv.replaceChildren();
-    const { shown, hidden } = await Charts.scatter(scatterDiv, rows, { memKey: o.mem, log: o.log,
-      onPoint: (ids) => ids.length && navigate(`#/runs/${ids[0]}`) });
-    scatterDiv.dataset.rendered = String(shown);
+    const drawn = await Charts.scatter(scatterDiv, rows, { x: o.x, y: o.y, color: o.color, frontAll: o.frontAll,
+      log: o.log, onPoint: (ids, ev) => {
+        if (!ids.length) return;
+        if (!(ev && (ev.shiftKey || ev.ctrlKey || ev.metaKey))) { navigate(`#/runs/${ids[0]}`); return; }
+        ids.forEach((id) => Diff.selection().add(id));  // shift-click: pick the point's runs for Compare runs
+        const all = [...Diff.selection()].sort((a, b) => a - b);
+        flash(`${all.length} run${all.length === 1 ? "" : "s"} picked. `, "info", ["Compare them", `#/diff?ids=${all.join(",")}`]);
+      } });
+    scatterDiv.dataset.rendered = String(drawn.shown);
+    scatterDiv.dataset.fronts = JSON.stringify(drawn.fronts);  // what the page drew, for tests and scripts
     performance.mark("mefts:scatter");  // read by bench/page_load.py
-    $("scatter-note").textContent = `${shown} point${shown === 1 ? "" : "s"} on ${o.task}` +
-      (hidden ? `; ${hidden} without a ${Charts.MEMORY[o.mem].label.toLowerCase()} measurement or score not shown` : "") +
-      ". Click a point to open its run.";
+    const named = [o.x, o.y].map((k) => Charts.METRICS[k].label.toLowerCase()).join(" or ");
+    $("scatter-note").textContent = `${drawn.shown} point${drawn.shown === 1 ? "" : "s"} on ${o.task}` +
+      (drawn.hidden ? `; ${drawn.hidden} without a measured ${named} not shown` : "") +
+      `. Pareto front${o.frontAll ? " over all backbones" : "s per backbone"}. Click a point to open its run; ` +
+      "shift-click points to pick their runs for Compare runs.";
     renderPivot(rows, o);
   }
 
@@ -118,6 +143,8 @@ const Compare = (() => {
       return el("td", { class: isBest ? "best" : null, title: `runs ${ids.map((i) => `#${i}`).join(", ")}` },
         el("div", { class: "score" }, Api.fmtPm(r.score_mean, r.score_std), isBest ? el("span", { class: "star", "aria-label": "best" }, " ★") : ""),
         el("div", { class: "mem" }, Api.fmtBytes(r[m.mean]) || "no memory"),
+        r.step_seconds_mean ? el("div", { class: "speed" }, `${Charts.fmtMetric("step", r)}/step · ` +
+          `${Charts.fmtMetric("tps", r)} tok/s`) : "",
         method !== "full" && s !== null ? el("div", { class: `saving ${s > 0 ? "good" : "bad"}` }, `${Api.fmtSaving(s)} ${m.short} vs full`) : "",
         el("div", { class: "n" }, `n=${r.n}`));
     })));
@@ -131,7 +158,7 @@ const Compare = (() => {
   }
 
   function init() {
-    ["cmp-task", "cmp-mem", "cmp-log", "cmp-select"].forEach((id) => $(id).addEventListener("change", guard(async () => {
+    ["cmp-task", "cmp-x", "cmp-y", "cmp-color", "cmp-log", "cmp-front-all", "cmp-select"].forEach((id) => $(id).addEventListener("change", guard(async () => {
       syncHash();
       if ($("cmp-select").value !== state.compare.select) await show(parseHash().params);
       else await render();

@@ -48,17 +48,24 @@ const Detail = (() => {
     await refresh();
   }
 
+  // The newest refresh: navigating from run to run, or live events arriving, start refreshes whose answers can come
+  // back out of order; an older one stops at its next await instead of drawing the previous run's curves.
+  let refreshSeq = 0;
   async function refresh() {
     const id = state.detail.id;
     if (id === null) return;
+    const seq = ++refreshSeq;
+    const current = () => seq === refreshSeq && state.detail.id === id;
     let run;
     try { run = await Api.get(`/api/runs/${id}`); } catch (e) {
+      if (!current()) return;
       if (e.status === 404) { $("run-detail").replaceChildren(el("p", { class: "empty-state" }, `Run #${id} does not exist. `, el("a", { href: "#/runs" }, "All runs"))); return; }
       throw e;
     }
-    if (state.detail.id !== id) return;
+    if (!current()) return;
     state.detail.run = run;
     if (run.status === "queued" && !state.system) state.system = await Api.get("/api/system");
+    if (!current()) return;
     $("run-title").textContent = `Run #${run.id} · ${run.method_label} · ${run.backbone} · ${run.task}${run.name ? ` · ${run.name}` : ""}`;
     $("run-status").replaceChildren(badge(run.status), run.status === "running"
       ? el("progress", { max: 1, value: run.progress || 0, "aria-label": "progress" }) : "");
@@ -86,10 +93,12 @@ const Detail = (() => {
     ]));
     renderModel(run);
     const metrics = await Api.get(`/api/runs/${id}/metrics`);
+    if (!current()) return;
     const series = metrics.series || {};
     if (Object.keys(series).length) {
       await Charts.lossCurves($("chart-loss"), series);
       await Charts.metricCurves($("chart-metric"), series);
+      if (!current()) return;
     } else {
       $("chart-loss").replaceChildren(el("p", { class: "empty-state" }, "No metric points yet."));
       $("chart-metric").replaceChildren();
@@ -98,6 +107,7 @@ const Detail = (() => {
     const fid = (r && r.gradient_fidelity) || (run.memory && run.memory.extra && run.memory.extra.gradient_fidelity);
     $("fidelity-section").hidden = !(Array.isArray(fid) && fid.length && run.method.startsWith("meft"));
     if (!$("fidelity-section").hidden) await Charts.fidelity($("chart-fidelity"), fid);
+    if (!current()) return;
     const log = $("run-log");
     const atEnd = log.scrollTop + log.clientHeight >= log.scrollHeight - 4;
     log.textContent = run.log_tail || "(empty)";

@@ -5,6 +5,7 @@ const Runs = (() => {
   const { $, el, state, flash, guard, debounce, navigate, downloads, badge, STATUS_TEXT } = UI;
 
   const COLS = [
+    { key: "pick", label: "Pick" },
     { key: "id", label: "Run", sort: "id" },
     { key: "method_label", label: "Method", sort: "method_label" },
     { key: "backbone", label: "Backbone", sort: "backbone" },
@@ -18,6 +19,8 @@ const Runs = (() => {
     { key: "score", label: "Score", sort: "score" },
     { key: "stored_activation_bytes", label: "Stored act.", sort: "stored_activation_bytes" },
     { key: "peak_bytes", label: "Peak", sort: "peak_bytes", opt: true },
+    { key: "step_seconds", label: "Step time", opt: true },
+    { key: "tokens_per_second", label: "Tokens/s", opt: true },
     { key: "created_at", label: "Created", sort: "created_at", opt: true },
     { key: "duration_seconds", label: "Duration", opt: true },
     { key: "actions", label: "Actions" },
@@ -62,16 +65,34 @@ const Runs = (() => {
 
   function cellContent(c, r) {
     switch (c.key) {
+      case "pick": return [el("input", { type: "checkbox", class: "pick", id: `pick-${r.id}`,
+        checked: Diff.selection().has(r.id) ? "" : null, onchange: (e) => pick(r.id, e.target.checked) }),
+      el("label", { for: `pick-${r.id}`, class: "sr-only" }, `Select run ${r.id} to compare`)];
       case "id": return el("a", { href: `#/runs/${r.id}` }, `#${r.id}`, r.name ? el("div", { class: "sub" }, r.name) : "");
       case "status": return statusCell(r);
       case "score": return r.score === null ? "" : el("span", { title: r.main_metric }, Api.fmtScore(r.score));
       case "stored_activation_bytes": case "peak_bytes": return Api.fmtBytes(r[c.key]);
       case "created_at": return Api.fmtTime(r.created_at);
       case "duration_seconds": return Api.fmtDuration(r.duration_seconds);
+      case "step_seconds": return r.step_seconds ? `${(1000 * r.step_seconds).toPrecision(3)} ms` : "";
+      case "tokens_per_second": return r.tokens_per_second ? Math.round(r.tokens_per_second).toLocaleString("en-US") : "";
       case "learning_rate": return r.learning_rate === null ? "default" : String(r.learning_rate);
       case "actions": return actions(r);
       default: return r[c.key] === null || r[c.key] === undefined ? "" : String(r[c.key]);
     }
+  }
+
+  /** Tick or untick a run for Compare runs; the button says how many are ticked. */
+  function pick(id, on) {
+    const sel = Diff.selection();
+    if (on) sel.add(id); else sel.delete(id);
+    syncPick();
+  }
+
+  function syncPick() {
+    const n = Diff.selection().size;
+    $("diff-btn").disabled = n < 2;
+    $("diff-btn").textContent = n ? `Compare selected (${n})` : "Compare selected";
   }
 
   function row(r) {
@@ -213,6 +234,13 @@ const Runs = (() => {
       setParams({ [s.dataset.key]: s.value, offset: 0 })));
     $("page-prev").addEventListener("click", () => setParams({ offset: Math.max(0, state.runs.offset - state.runs.limit) }));
     $("page-next").addEventListener("click", () => setParams({ offset: state.runs.offset + state.runs.limit }));
+    $("diff-btn").addEventListener("click", () => navigate(`#/diff?ids=${[...Diff.selection()].sort((a, b) => a - b).join(",")}`));
+    $("diff-clear").addEventListener("click", () => {
+      Diff.selection().clear();
+      document.querySelectorAll("#runs-table input.pick").forEach((b) => { b.checked = false; });
+      syncPick();
+    });
+    syncPick();
     setInterval(() => { if (state.view === "runs" && !document.hidden) guard(loadSystem)(); }, 10000);
   }
 

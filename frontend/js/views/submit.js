@@ -392,13 +392,17 @@ const Submit = (() => {
     syncMode();
   }
 
+  let cloneSeq = 0;  // the newest clone asked for: a run that answers after the user moved on is not filled in
   function endClone() {
+    cloneSeq++;
     state.clone = null;
     $("clone-banner").hidden = true;
   }
 
   async function startClone(id) {
+    const seq = ++cloneSeq;
     const run = await Api.get(`/api/runs/${id}`);
+    if (seq !== cloneSeq) return;
     resetForm();
     state.clone = run;
     const cfg = run.config;
