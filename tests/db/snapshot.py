@@ -45,3 +45,23 @@ def changed_rows(old: Snapshot, new: Snapshot) -> list[str]:
             problems += [f"{table}{key}.{col}: {val!r} became {got.get(col, '<no column>')!r}"
                          for col, val in row.items() if got.get(col, object()) != val]
     return problems
+
+
+def sqlite_snapshot(path, skip: tuple[str, ...] = ("alembic_version",)) -> Snapshot:
+    """snapshot() read with plain sqlite3 (values as SQLite stores them: no SQLAlchemy type in between)."""
+    import sqlite3
+
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    conn.row_factory = sqlite3.Row
+    try:
+        out: Snapshot = {}
+        names = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        for name in names:
+            if name in skip or name.startswith("sqlite_"):
+                continue
+            info = conn.execute(f'PRAGMA table_info("{name}")').fetchall()
+            key = [r["name"] for r in sorted(info, key=lambda r: r["pk"]) if r["pk"]] or [r["name"] for r in info]
+            out[name] = {tuple(r[k] for k in key): dict(r) for r in conn.execute(f'SELECT * FROM "{name}"')}
+        return out
+    finally:
+        conn.close()
