@@ -28,6 +28,7 @@ from .snapshot import Snapshot, changed_rows, snapshot, sqlite_snapshot
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 RELEASES = sorted(p.stem for p in FIXTURES.glob("release-*.db"))
+assert RELEASES, f"no release-*.db in {FIXTURES}: the upgrade path would go untested"
 
 
 def _frozen(release: str) -> dict[str, Any]:
@@ -89,7 +90,7 @@ def _upgrade_through_the_app(settings: Settings, frozen: dict[str, Any]) -> None
     engine.dispose()
 
 
-def _fixture_sanity(old: Snapshot, frozen: dict[str, Any]) -> None:
+def _fixture_sanity(old: Snapshot, frozen: dict[str, Any], release: str) -> None:
     """The fixture holds what it claims: every status, points, memory reports, sweeps, bench rows, a kept model."""
     runs = old["runs"].values()
     assert {"queued", "running", "succeeded", "failed", "cancelled", "does_not_fit"} <= {r["status"] for r in runs}
@@ -97,7 +98,7 @@ def _fixture_sanity(old: Snapshot, frozen: dict[str, Any]) -> None:
     assert any("timed out" in (r["error"] or "") for r in runs)
     for table in ("metric_points", "memory_reports", "sweeps", "bench_rows", "workers"):
         assert old[table], table
-    assert frozen["revision"] in RELEASES[-1]
+    assert release == f"release-{frozen['revision']}"  # the exports belong to this database's release
 
 
 @pytest.mark.parametrize("release", RELEASES)
@@ -108,7 +109,7 @@ def test_release_database_upgrades_on_sqlite(release, tmp_path):
     shutil.copy(FIXTURES / f"{release}.db", db)
     frozen = _frozen(release)
     old = sqlite_snapshot(db)
-    _fixture_sanity(old, frozen)
+    _fixture_sanity(old, frozen, release)
 
     _upgrade_through_the_app(Settings(data_dir=data_dir), frozen)  # start-up migrates it to head
     assert changed_rows(old, sqlite_snapshot(db)) == []
@@ -144,7 +145,7 @@ def test_release_database_upgrades_on_postgres(release, tmp_path, pg_url):
     copy_rows(fixture, pg_url)  # ... holding the release's rows
     old = snapshot(pg_url)
     assert changed_rows(snapshot(f"sqlite:///{fixture}"), old) == []  # the copy is faithful
-    _fixture_sanity(old, frozen)
+    _fixture_sanity(old, frozen, release)
 
     _upgrade_through_the_app(Settings(data_dir=tmp_path / "data", database_url=pg_url), frozen)
     assert changed_rows(old, snapshot(pg_url)) == []
