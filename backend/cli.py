@@ -27,13 +27,19 @@ def _settings(args: argparse.Namespace):
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from backend.security import bind_refusal
+    from backend.security import HOSTS_ENV, bind_refusal, bound_host_entry, is_loopback
 
     settings = _settings(args)
     refusal = bind_refusal(args.host, settings)
     if refusal:  # before the heavy imports: a refusal is immediate
         log.error("mefts serve: %s", refusal)
         return 2
+    entry = bound_host_entry(args.host)
+    if entry is not None:  # clients reach a server bound to one address or name by that name
+        settings.allowed_hosts = ",".join(filter(None, [settings.allowed_hosts, entry]))
+    elif not settings.allowed_hosts and not is_loopback(args.host):
+        log.warning("serving on %s: only requests for 127.0.0.1, localhost and [::1] are answered; set %s to the "
+                    "names clients (or your reverse proxy) use", args.host, HOSTS_ENV)
     import uvicorn
 
     from backend.main import create_app
@@ -176,6 +182,19 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_backup(args: argparse.Namespace) -> int:
+    from db.backup import BackupError, backup_database
+
+    settings = _settings(args)
+    try:
+        made = backup_database(settings.db_url, args.path)
+    except BackupError as e:
+        log.error("mefts backup: %s", e)
+        return 2
+    print(f"wrote {made.path} ({made.kind}, {made.bytes} bytes)")
+    return 0
+
+
 def cmd_bench_import(args: argparse.Namespace) -> int:
     from db.bench import add_bench_rows
     from db.session import make_engine, make_sessionmaker, session_scope, upgrade_database
@@ -247,6 +266,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--select", choices=["best", "all"], default="best", help="results: best config per method, or all")
     _common(p)
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("backup", help="a consistent copy of the live database (SQLite backup API, or pg_dump)")
+    p.add_argument("path", metavar="PATH", help="new file to write: a SQLite database, or for PostgreSQL a pg_dump "
+                   "custom-format archive (restore with pg_restore)")
+    _common(p)
+    p.set_defaults(func=cmd_backup)
 
     p = sub.add_parser("bench-import", help="store rows of `mefts bench --output` in the database (GET /api/bench)")
     p.add_argument("files", nargs="+", metavar="FILE", help="bench outputs (.json, .csv or .md)")

@@ -9,6 +9,9 @@ without a token.
   (401 otherwise). Reads stay open, and so do the POSTs that only compute (PURE_POSTS: estimate, method label). The token is compared in constant time and never logged or returned.
 - Guard: bodies over MEFTS_MAX_BODY_BYTES get 413 before the app reads them; JSON bodies with NaN/Infinity (not
   JSON) or lone UTF-16 surrogates (not Unicode) get 422, as they cannot be stored or echoed back.
+- Host: only requests whose Host header names 127.0.0.1, localhost or [::1] (any port), or an entry of
+  MEFTS_ALLOWED_HOSTS, are answered; others get 400. A web page that rebinds its own name to 127.0.0.1 (DNS rebinding)
+  still sends its own name as Host, so it can neither queue runs nor read results.
 - CORS: closed unless MEFTS_CORS_ORIGINS lists origins.
 - Errors: a full disk is 507 (SQLite "database or disk is full", PostgreSQL 53100, ENOSPC), a locked or unreachable
   database is 503 with Retry-After; responses that carry a non-finite float or a lone surrogate are still rendered.
@@ -44,6 +47,8 @@ PURE_POSTS = frozenset({"/api/estimate", "/api/catalog/label"})
 # Request fields that name local files or folders; they must lie inside the allowed roots.
 PATH_TASK_OPTIONS = ("data_dir", "train_file", "eval_file", "test_file")
 TOKEN_ENV = "MEFTS_API_TOKEN"
+HOSTS_ENV = "MEFTS_ALLOWED_HOSTS"
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
 
 
 # ------------------------------------------------------------------------------------------------ rendering
@@ -125,6 +130,74 @@ def _authorized(header: str | None, token: str) -> bool:
     if scheme.lower() != "bearer":
         return False
     return hmac.compare_digest(value.strip().encode(), token.encode())
+
+
+# ------------------------------------------------------------------------------------------------ host allowlist
+def split_host(value: str) -> tuple[str, str | None]:
+    """(host, port or None) of a Host header or an allowlist entry, lower-case; IPv6 addresses come bracketed."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        host, _, rest = value.partition("]")
+        if rest and not rest.startswith(":"):
+            return value, None  # malformed: matches no entry
+        return host + "]", rest[1:] or None
+    if value.count(":") > 1:  # a bare IPv6 address (an allowlist entry or --host; a Host header brackets it)
+        return f"[{value}]", None
+    host, sep, port = value.partition(":")
+    return host.rstrip("."), (port or None) if sep else None
+
+
+def bound_host_entry(host: str) -> str | None:
+    """What `mefts serve --host HOST` adds to the allowed hosts: HOST itself when it names one address or name
+    (clients then reach the server by it); nothing for a wildcard (0.0.0.0, ::), whose reachable names only the
+    operator knows, nor for loopback, which is always allowed."""
+    bare = host.strip().strip("[]")
+    if not bare or is_loopback(bare):
+        return None
+    try:
+        if ipaddress.ip_address(bare).is_unspecified:
+            return None
+    except ValueError:
+        pass  # a host name: clients use it as Host
+    return f"[{bare}]" if ":" in bare else bare
+
+
+class HostGuard:
+    """Pure ASGI middleware: 400 unless the Host header is loopback or listed in MEFTS_ALLOWED_HOSTS.
+
+    Entries without a port allow every port; `host:port` allows that port only; `*` allows any Host.
+    """
+
+    def __init__(self, app, *, allowed: Sequence[str]) -> None:
+        self.app = app
+        self.any_host = "*" in allowed
+        self.allowed = {split_host(e) for e in (*LOOPBACK_HOSTS, *allowed) if e != "*"}
+        self.extra = [e for e in allowed if e != "*"]
+
+    def permits(self, header: str | None) -> bool:
+        if self.any_host:
+            return True
+        if not header:
+            return False  # HTTP/1.1 requires Host; without one the request cannot be judged
+        host, port = split_host(header)
+        if port is not None and not port.isdigit():
+            return False
+        return (host, None) in self.allowed or (host, port) in self.allowed
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        header = next((v.decode("latin-1") for k, v in scope.get("headers", []) if k.lower() == b"host"), None)
+        if self.permits(header):
+            await self.app(scope, receive, send)
+            return
+        allowed = ", ".join([*LOOPBACK_HOSTS, *self.extra])
+        log.warning("refused a request for Host %r (not in %s)", header, HOSTS_ENV)
+        msg = (f"Host {header!r} is not allowed: this server answers only {allowed} (any port), which guards "
+               f"against DNS rebinding. To serve it under another name (a reverse proxy, a LAN address), add that "
+               f"name to {HOSTS_ENV} (comma-separated)")
+        await _error(400, msg)(scope, receive, send)
 
 
 # ------------------------------------------------------------------------------------------------ request guard
@@ -350,7 +423,7 @@ def backbone_is_path(backbone: str, registry: Iterable[str]) -> bool:
 
 # ------------------------------------------------------------------------------------------------ wiring
 def install(app: FastAPI, settings) -> None:
-    """Token and request guard, CORS (only with MEFTS_CORS_ORIGINS), and the error handlers."""
+    """Host allowlist, token and request guard, CORS (only with MEFTS_CORS_ORIGINS), and the error handlers."""
     app.add_exception_handler(OperationalError, operational_error)
     app.add_exception_handler(OSError, os_error)
     app.add_exception_handler(StarletteHTTPException, http_exception)
@@ -364,3 +437,4 @@ def install(app: FastAPI, settings) -> None:
             CORSMiddleware, allow_origins=origins, allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
             allow_headers=["Authorization", "Content-Type", "Last-Event-ID"], allow_credentials=False, max_age=600,
         )
+    app.add_middleware(HostGuard, allowed=settings.allowed_host_list)  # outermost: a foreign Host gets nothing

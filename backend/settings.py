@@ -57,6 +57,11 @@ class Settings(BaseSettings):
         default=None, description=f"folders ({os.pathsep!r}-separated) that local model and data paths in run "
         "requests must lie in; default: the data directory",
     )
+    allowed_hosts: str = Field(
+        default="", description="comma-separated Host names (optionally host:port) the server answers besides "
+        "127.0.0.1, localhost and [::1] (any port), e.g. the name a reverse proxy forwards; '*' accepts any Host "
+        "(unsafe: it reopens DNS rebinding); other Hosts get 400",
+    )
     max_body_bytes: int = Field(default=1_048_576, ge=1024, description="larger request bodies get 413")
     run_timeout_seconds: float | None = Field(
         default=None, gt=0, description="wall-clock limit of a run's job (a run may set its own timeout_s); past "
@@ -70,6 +75,11 @@ class Settings(BaseSettings):
     @property
     def cors_origin_list(self) -> list[str]:
         return [o.strip().rstrip("/") for o in self.cors_origins.split(",") if o.strip()]
+
+    @property
+    def allowed_host_list(self) -> list[str]:
+        """MEFTS_ALLOWED_HOSTS as lower-case entries (the loopback names are always allowed on top)."""
+        return [h.strip().lower().rstrip(".") for h in self.allowed_hosts.split(",") if h.strip()]
 
     @property
     def allowed_root_paths(self) -> list[Path]:

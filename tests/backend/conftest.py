@@ -70,7 +70,7 @@ def settings(request, tmp_path, db_backend) -> Settings:
 @pytest.fixture
 def client(settings):
     """The real app (migrations, routes) through httpx's ASGI transport; no worker runs."""
-    with TestClient(create_app(settings, start_worker=False, frontend_dir=None)) as c:
+    with TestClient(create_app(settings, start_worker=False, frontend_dir=None), base_url="http://127.0.0.1") as c:
         yield c
 
 

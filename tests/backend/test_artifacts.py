@@ -116,7 +116,7 @@ def test_artifact_follows_the_token_rules_of_reads(settings):
     writes around it still need the token."""
     guarded = Settings(data_dir=settings.data_dir, database_url=settings.db_url, api_token=TOKEN)
     auth = {"Authorization": f"Bearer {TOKEN}"}
-    with TestClient(create_app(guarded, start_worker=False, frontend_dir=None)) as client:
+    with TestClient(create_app(guarded, start_worker=False, frontend_dir=None), base_url="http://127.0.0.1") as client:
         assert client.post("/api/runs", json=TINY).status_code == 401
         rid = client.post("/api/runs", json=TINY, headers=auth).json()["id"]
         assert client.get(f"/api/runs/{rid}/artifact").status_code == 404  # a read: judged on the run, not the token

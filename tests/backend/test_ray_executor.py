@@ -70,7 +70,7 @@ def service(ray_address, postgres_server, tmp_path_factory):
 @pytest.fixture
 def client(service):
     settings = Settings(data_dir=service["tmp"], database_url=service["url"], heartbeat_seconds=20)
-    with TestClient(create_app(settings, start_worker=False, frontend_dir=None)) as c:
+    with TestClient(create_app(settings, start_worker=False, frontend_dir=None), base_url="http://127.0.0.1") as c:
         yield c
 
 

@@ -55,7 +55,7 @@ def _fill(path: Path) -> None:
 def test_full_disk_is_507_nothing_is_corrupted_and_writes_resume(small_disk):
     data_dir = small_disk / "data"
     settings = Settings(data_dir=data_dir, database_url=f"sqlite:///{data_dir / 'mefts.db'}")
-    with TestClient(create_app(settings, start_worker=False, frontend_dir=None)) as client:
+    with TestClient(create_app(settings, start_worker=False, frontend_dir=None), base_url="http://127.0.0.1") as client:
         acked = []
         for i in range(5):
             r = client.post("/api/runs", json={**TINY, "name": f"before-{i}"})

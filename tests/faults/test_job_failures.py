@@ -42,7 +42,7 @@ def service(tmp_path, monkeypatch):
     data_dir = tmp_path / "data"
     settings = Settings(data_dir=data_dir, database_url=f"sqlite:///{data_dir / 'mefts.db'}", cpu_slots=2,
                         cpu_count=2, api_token=TOKEN)
-    with TestClient(create_app(settings, start_worker=False, frontend_dir=None),
+    with TestClient(create_app(settings, start_worker=False, frontend_dir=None), base_url="http://127.0.0.1",
                     headers={"Authorization": f"Bearer {TOKEN}"}) as client:
         yield client, settings
 

@@ -30,7 +30,7 @@ def make_client(tmp_path, data_dir):
 
     def make(**overrides) -> TestClient:
         settings = Settings(data_dir=data_dir, database_url=f"sqlite:///{data_dir / 'mefts.db'}", **overrides)
-        return stack.enter_context(TestClient(create_app(settings, start_worker=False, frontend_dir=None)))
+        return stack.enter_context(TestClient(create_app(settings, start_worker=False, frontend_dir=None), base_url="http://127.0.0.1"))
 
     with stack:
         yield make
