@@ -297,7 +297,7 @@ FITS_TABLE_COLUMNS = ("method", "max batch", "peak", "step s", "tokens/s")
 
 
 def _cell(f: dict[str, Any], fmt) -> str:
-    return "-" if f["value"] is None else f"{fmt(f['value'])} ({f['source']})"
+    return f["source"] if f["value"] is None else f"{fmt(f['value'])} ({f['source']})"
 
 
 def fits_table(result: dict[str, Any]) -> str:

@@ -53,9 +53,11 @@ def test_fits_bars_equal_the_api_and_are_labelled(page, server, console):
     methods = api["methods"]
     assert len(methods) >= 7 and bars["x"] == [m["method"] for m in methods]  # one bar per registered method
     assert bars["y"] == [m["max_batch"]["value"] or 0 for m in methods]
-    assert all(b > 0 for b in bars["y"])
+    # a method the estimator does not model and nothing measured (prefix, ia3, lst here) is an empty, "unknown" bar
+    assert all((b > 0) == (m["max_batch"]["source"] != "unknown") for b, m in zip(bars["y"], methods))
     for m, text, hover, src in zip(methods, bars["text"], bars["hover"], bars["sources"]):
-        assert text.endswith(f"· {m['max_batch']['source']}") and f"{m['max_batch']['value']:,}" in text
+        value = m["max_batch"]["value"]
+        assert text.endswith(f"· {m['max_batch']['source']}") and (value is None or f"{value:,}" in text)
         assert src == [m["max_batch"]["source"], m["peak_bytes"]["source"], m["step_seconds"]["source"]]
         for label in ("largest batch", "peak", "step time", "tokens/s"):
             assert label in hover
