@@ -175,3 +175,15 @@ def seed_many(db_url: str, n: int, *, seed: int = 0) -> int:
         for cfg in queued:
             crud.create_run(session=s, fields=runspec.run_columns(TrainConfig.from_dict(cfg), name="synthetic"))
     return n
+
+
+def assert_fits_window(page, name: str, width: int) -> None:
+    """Fail if the page is wider than the window. Plotly's responsive relayout comes a moment after the draw (later on
+    a loaded machine), so wait up to 5 s for it before failing with the overflow in pixels."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    try:
+        page.wait_for_function("() => document.documentElement.scrollWidth <= window.innerWidth", timeout=5000)
+    except PlaywrightTimeout:
+        overflow = page.evaluate("() => document.documentElement.scrollWidth - window.innerWidth")
+        raise AssertionError(f"{name} at {width}px is {overflow}px wider than the window") from None

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.support import GiB
+from tests.e2e.support import GiB, assert_fits_window
 
 sync_api = pytest.importorskip("playwright.sync_api")
 expect = sync_api.expect
@@ -621,14 +621,7 @@ def test_screenshots_and_no_horizontal_overflow(page, server, finished_run, scre
             else:
                 page.wait_for_selector("#preflight li")
             page.evaluate("() => { document.getElementById('flash').hidden = true; }")
-            # Plotly's responsive relayout comes a moment after the draw (later on a loaded machine): wait for it,
-            # and fail if the page is still wider than the window after 5 s
-            try:
-                page.wait_for_function("() => document.documentElement.scrollWidth <= window.innerWidth",
-                                       timeout=5000)
-            except sync_api.TimeoutError:
-                overflow = page.evaluate("() => document.documentElement.scrollWidth - window.innerWidth")
-                raise AssertionError(f"{name} at {width}px is {overflow}px wider than the window") from None
+            assert_fits_window(page, name, width)
             page.screenshot(path=str(screenshots / f"{name}-{width}.png"), full_page=True)
     finally:
         page.set_viewport_size({"width": 1280, "height": 800})

@@ -7,6 +7,8 @@ import re
 
 import pytest
 
+from tests.e2e.support import assert_fits_window
+
 sync_api = pytest.importorskip("playwright.sync_api")
 expect = sync_api.expect
 
@@ -87,11 +89,7 @@ def test_fits_screenshot_and_no_horizontal_overflow(page, server, screenshots, w
     try:
         page.goto(server.url + "/#/fits?budget=24GiB&backbone=bert-base&seq_len=512&dtype=float32")
         _wait(page, "24.00 GiB")
-        try:  # Plotly's responsive relayout comes a moment after the draw
-            page.wait_for_function("() => document.documentElement.scrollWidth <= window.innerWidth", timeout=5000)
-        except sync_api.TimeoutError:
-            overflow = page.evaluate("() => document.documentElement.scrollWidth - window.innerWidth")
-            raise AssertionError(f"fits at {width}px is {overflow}px wider than the window") from None
+        assert_fits_window(page, "fits", width)
         page.screenshot(path=str(screenshots / f"fits-{width}.png"), full_page=True)
     finally:
         page.set_viewport_size({"width": 1280, "height": 800})

@@ -158,6 +158,10 @@ const Compare = (() => {
   }
 
   function init() {
+    // the axis and colour choices are Charts.METRICS, the one list (colour may also be the method: value "")
+    for (const id of ["cmp-x", "cmp-y", "cmp-color"]) {
+      $(id).append(...Object.entries(Charts.METRICS).map(([k, m]) => el("option", { value: k }, m.label.toLowerCase())));
+    }
     ["cmp-task", "cmp-x", "cmp-y", "cmp-color", "cmp-log", "cmp-front-all", "cmp-select"].forEach((id) => $(id).addEventListener("change", guard(async () => {
       syncHash();
       if ($("cmp-select").value !== state.compare.select) await show(parseHash().params);
