@@ -116,7 +116,7 @@ def test_static_assets_are_gzip_encoded_only_for_clients_that_accept_it(tmp_path
 
     settings = Settings(data_dir=tmp_path, database_url=f"sqlite:///{tmp_path / 'mefts.db'}")
 
-    with TestClient(create_app(settings, start_worker=False, frontend_dir=FRONTEND_DIR)) as c:
+    with TestClient(create_app(settings, start_worker=False, frontend_dir=FRONTEND_DIR), base_url="http://127.0.0.1") as c:
         zipped = c.get("/static/plotly.min.js", headers={"Accept-Encoding": "gzip, deflate, br"})
         plain = c.get("/static/plotly.min.js", headers={"Accept-Encoding": "identity"})
         other = c.get("/static/plotly.min.js", headers={"Accept-Encoding": "deflate"})

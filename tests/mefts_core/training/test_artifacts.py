@@ -241,7 +241,7 @@ def test_bad_manifests_name_the_file_and_the_problem(tiny_artifact, tmp_path):
     assert e.value.file == str(art / MANIFEST) and isinstance(e.value, ConfigError)
     with pytest.raises(ArtifactError, match=r"manifest: not found: not a mefts artifact folder \(in .*/nowhere/"):
         load_finetuned(tmp_path / "nowhere")
-    for changes, message in (({"method": "prefix"}, r"method='prefix': unknown method"),
+    for changes, message in (({"method": "nosuchmethod"}, r"method='nosuchmethod': unknown method"),
                              ({"method_options": {"rank": 4}}, r"method_options.rank=4: option does not belong"),
                              ({"method_options": {"r": 0}}, r"method_options.r=0: must be an integer >= 1"),
                              ({"format_version": 99}, r"format_version=99: this mefts reads version 1"),

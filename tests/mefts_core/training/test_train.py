@@ -53,7 +53,7 @@ class Recorder(Callback):
         ({"learning_rate": -0.1}, "learning_rate=-0.1: must be >= 0"),
         ({"task": "foo"}, "task='foo': unknown task; valid: cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, openbookqa"),
         ({"backbone": "no such model"}, "backbone='no such model': unknown backbone; valid: minilm-l6"),
-        ({"method": "prefix"}, "method='prefix': unknown method; valid: full, lora"),
+        ({"method": "nosuchmethod"}, "method='nosuchmethod': unknown method; valid: full, lora"),
         ({"method": "lora", "method_options": {"r": 0}}, "method_options.r=0: must be an integer >= 1"),
         ({"method_options": {"r": 8}}, "method_options.r=8: option does not belong to method 'full'"),
         ({"batch_size": 0}, "batch_size=0: must be an integer >= 1"),
