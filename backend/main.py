@@ -16,8 +16,9 @@ from fastapi.middleware.gzip import GZipMiddleware
 from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
 
-from backend import security
+from backend import fairness, security
 from backend.deps import write_lane
+from backend.fairness import FairAdmission
 from backend.routes import bench, estimate, fits, results, runs, start, sweeps, system
 from backend.settings import Settings, get_settings
 from db.session import make_engine, make_sessionmaker, upgrade_database
@@ -84,6 +85,7 @@ def create_app(
     app.state.stopping = threading.Event()
     # The frontend's scripts and the API's JSON (the results of 1,000 runs) travel compressed to clients that accept
     # it; the event stream is excluded by Starlette, and plotly.min.js arrives already compressed (see plotly_js).
+    app.add_middleware(FairAdmission, slots=fairness.slots_for(settings.db_url))  # inside the token and size checks
     app.add_middleware(GZipMiddleware, minimum_size=1024, compresslevel=5)
     security.install(app, settings)  # token, body limit, JSON hygiene, CORS, 507/503 for a full or busy database
     for router in (runs.router, sweeps.router, results.router, system.router, estimate.router, bench.router,

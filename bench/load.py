@@ -100,6 +100,7 @@ def _raw_post(url: str, path: str, body: dict) -> bytes:
     """One HTTP/1.1 POST with a JSON body, as bytes (Connection: close: the answer ends at EOF)."""
     data = json.dumps(body).encode()
     head = [f"POST {path} HTTP/1.1", f"Host: {url.split('//', 1)[1]}", "Content-Type: application/json",
+            "User-Agent: mefts-load-burst",
             f"Content-Length: {len(data)}", "Connection: close", *(f"{k}: {v}" for k, v in auth_headers().items())]
     return ("\r\n".join(head) + "\r\n\r\n").encode() + data
 

@@ -42,3 +42,5 @@ def test_100_concurrent_posts_are_each_stored_exactly_once_and_do_not_starve_ano
     burst = sorted(r[3] * 1000 for r in out["results"])
     assert side["post_status"] == 201 and side["gets"], side
     assert load._p(side["gets"], 50) * 4 < load._p(burst, 50), (load._p(side["gets"], 50), load._p(burst, 50))
+    # and its POST does not queue behind the burst: admission takes the clients in turn (backend/fairness.py)
+    assert side["post_in_burst"] and side["post_ms"] * 4 < load._p(burst, 50), (side["post_ms"], load._p(burst, 50))
