@@ -4,7 +4,7 @@
 "use strict";
 
 const Charts = (() => {
-  /** Plotly.js, loaded on first use from /static/plotly.min.js (4.8 MB, served from the installed plotly package):
+  /** Plotly.js, loaded on first use from /static/plotly.min.js (the 1.2 MB basic bundle in frontend/vendor/):
       views without charts never wait for it. Resolves with window.Plotly. */
   let loading = null;
   function ready() {
