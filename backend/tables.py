@@ -261,11 +261,12 @@ def _score(v: float) -> str:
 
 
 def presentation(columns: Sequence[str], rows: Sequence[Row], *, table: str) -> tuple[list[str], list[Any]]:
-    """Human-readable cells for Markdown/LaTeX: scores in % (mean ± std), memory in MiB/GiB, savings in %."""
+    """Human-readable cells for Markdown/LaTeX: scores in % (mean ± std), memory in MiB/GiB, the step in ms,
+    savings in %."""
     if table == "runs":
         return list(columns), list(rows)  # raw values: the writer shows None as empty
-    head = ["Task", "Data", "Backbone", "Method", "n", "Metric", "Score", "Stored act.", "Peak", "Δ score vs full",
-            "Act. vs full", "Peak vs full"]
+    head = ["Task", "Data", "Backbone", "Method", "n", "Metric", "Score", "Stored act.", "Peak", "Step", "Tokens/s",
+            "Δ score vs full", "Act. vs full", "Peak vs full"]
     body = []
     for r in rows:
         body.append([
@@ -273,6 +274,8 @@ def presentation(columns: Sequence[str], rows: Sequence[Row], *, table: str) -> 
             _pm(r["score_mean"], r["score_std"], _score),
             _mem(r["stored_activation_bytes_mean"], r["stored_activation_bytes_std"]),
             _mem(r["peak_bytes_mean"], r["peak_bytes_std"]),
+            _pm(r["step_seconds_mean"], None, lambda x: f"{x * 1000:.0f} ms"),
+            _pm(r["tokens_per_second_mean"], None, lambda x: f"{x:,.0f}"),
             *(["(reference)", "", ""] if r["method"] == "full" else [
                 "" if r["score_delta_vs_full"] is None else f"{100 * r['score_delta_vs_full']:+.1f}",
                 _pct(r["activation_saving_vs_full"]), _pct(r["peak_saving_vs_full"])]),

@@ -191,6 +191,7 @@ def test_results_aggregate_over_seeds_with_savings_vs_full(client):
 
     md = client.get("/api/results.md").text
     assert "| meft1 |" in md and "-85%" in md
+    assert "| Step | Tokens/s |" in md and "| 300 ms | 960 |" in md  # (1280 + 640) / 2 tokens/s
     tex = client.get("/api/results.tex").text
     assert r"\begin{tabular}" in tex and r"$\pm$" in tex and r"-85\%" in tex
     csv_rows = list(csv.DictReader(io.StringIO(client.get("/api/results.csv").text)))
