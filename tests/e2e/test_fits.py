@@ -73,7 +73,13 @@ def test_fits_bars_equal_the_api_and_are_labelled(page, server, console):
             assert (shown == "" if fig["value"] is None else float(shown) == pytest.approx(fig["value"]))
             expect(td.locator(".src")).to_have_text(fig["source"])
             assert td.get_attribute("title") == fig["how"]
-    assert "24GiB" in page.url and "seq_len=512" in page.url
+    assert "24GiB" in page.url and "seq_len=512" in page.url and "device=cuda" in page.url
+
+    # the budget as CPU memory: the estimator's CPU model (no CUDA allocator rounding), and the URL says so
+    page.select_option("#fits-device", "cpu")
+    expect(page.locator("#fits-note")).to_contain_text("on cpu")
+    cpu = server.get("/api/fits", budget="24GiB", backbone="bert-base", seq_len=512, dtype="float32", device="cpu")
+    assert _bars(page)["y"] == [m["max_batch"]["value"] or 0 for m in cpu["methods"]] and "device=cpu" in page.url
 
     # a typed budget with a bad unit: the field and the reason, no stale chart update
     page.fill("#fits-budget", "24 XB")

@@ -7,11 +7,12 @@ const Fits = (() => {
   const { $, el, state, debounce } = UI;
   const PRESETS = [16, 24, 40, 48, 80];
   const DTYPES = ["float32", "bfloat16", "float16"];
+  const DEVICES = [["cuda", "GPU (CUDA)"], ["cpu", "CPU"]];  // the kind of memory the budget is
   let seq = 0;  // request counter: only the newest request's answer renders (the user types)
   let inited = false;
 
   const opts = () => ({ budget: $("fits-budget").value.trim(), backbone: $("fits-backbone").value,
-    seq_len: $("fits-seq").value.trim(), dtype: $("fits-dtype").value });
+    seq_len: $("fits-seq").value.trim(), dtype: $("fits-dtype").value, device: $("fits-device").value });
 
   function init() {
     if (inited) return;
@@ -22,11 +23,13 @@ const Fits = (() => {
     $("fits-backbone").replaceChildren(...names.map((n) => el("option", { value: n }, n)));
     if (names.includes("bert-base")) $("fits-backbone").value = "bert-base";
     $("fits-dtype").replaceChildren(...DTYPES.map((d) => el("option", { value: d }, d)));
+    $("fits-device").replaceChildren(...DEVICES.map(([d, label]) => el("option", { value: d }, label)));
     const typed = debounce(changed, 300);
     $("fits-budget").addEventListener("input", typed);
     $("fits-seq").addEventListener("input", typed);
     $("fits-backbone").addEventListener("change", changed);
     $("fits-dtype").addEventListener("change", changed);
+    $("fits-device").addEventListener("change", changed);
   }
 
   function changed() {
@@ -38,7 +41,7 @@ const Fits = (() => {
   async function show(params) {
     init();
     for (const [key, id] of [["budget", "fits-budget"], ["backbone", "fits-backbone"], ["seq_len", "fits-seq"],
-      ["dtype", "fits-dtype"]]) if (params.has(key)) $(id).value = params.get(key);
+      ["dtype", "fits-dtype"], ["device", "fits-device"]]) if (params.has(key)) $(id).value = params.get(key);
     return load();
   }
 
