@@ -1,13 +1,11 @@
 """FastAPI dependencies: the settings and a database session from the app's state, the runs filters that
-GET /api/runs and the exports share, and the write lane the routes that queue runs go through."""
+GET /api/runs and the exports share."""
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Annotated, Any
 
-import anyio
 from fastapi import Depends, HTTPException, Query, Request
 from sqlalchemy.orm import Session
 
@@ -37,29 +35,6 @@ def wake_worker(request: Request) -> None:
     dispatcher = getattr(request.app.state, "dispatcher", None)
     if dispatcher is not None:
         dispatcher.wake()
-
-
-def write_lane(url: str) -> anyio.CapacityLimiter:
-    """The threads the routes that queue runs share (the app makes one at start-up): one on SQLite, whose writers
-    take turns anyway (in one thread they never sleep in its busy handler), a few on PostgreSQL."""
-    from db.session import is_sqlite
-
-    return anyio.CapacityLimiter(1 if is_sqlite(url) else 4)
-
-
-def in_write_lane(route: Callable[..., Any]) -> Callable[..., Any]:
-    """Run a sync route in the app's write lane instead of the thread pool every other sync route shares.
-
-    A burst of POSTs then queues for the lane, not for the shared pool's 40 threads, so reads (GET /api/runs, the
-    event stream's polls) are never stuck behind it; and its inserts no longer wait for SQLite's write lock in 40
-    threads that sleep in its busy handler, which is what made a burst slow. The route must take `request`.
-    """
-    @functools.wraps(route)  # FastAPI reads the route's signature and annotations through __wrapped__
-    async def in_lane(**kwargs: Any) -> Any:
-        lane = kwargs["request"].app.state.write_lane
-        return await anyio.to_thread.run_sync(functools.partial(route, **kwargs), limiter=lane)
-
-    return in_lane
 
 
 def split_values(values: list[str] | None) -> list[str] | None:

@@ -17,7 +17,6 @@ from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from backend import fairness, security
-from backend.deps import write_lane
 from backend.fairness import FairAdmission
 from backend.routes import bench, estimate, fits, results, runs, start, sweeps, system
 from backend.settings import Settings, get_settings
@@ -63,7 +62,6 @@ def create_app(
         engine = make_engine(settings.db_url, **security.engine_options(settings.db_url))  # no pool wait: see there
         app.state.engine = engine
         app.state.sessionmaker = make_sessionmaker(engine)
-        app.state.write_lane = write_lane(settings.db_url)  # made here: bound to the server's event loop
         app.state.dispatcher = None
         if start_worker:
             from backend.worker.dispatcher import Dispatcher

@@ -9,7 +9,7 @@ from fastapi.responses import FileResponse, PlainTextResponse
 from sqlalchemy.orm import Session
 
 from backend import artifacts, runspec
-from backend.deps import FiltersDep, SessionDep, SettingsDep, in_write_lane, wake_worker
+from backend.deps import FiltersDep, SessionDep, SettingsDep, wake_worker
 from backend.schemas import INT32_MAX, INT32_MIN, MetricSeries, RunCreate, RunDetail, RunEdits, RunList
 from backend.views import metric_series, run_detail, run_summary
 from db import crud
@@ -34,7 +34,6 @@ def _get(session: Session, run_id: int) -> Run:
 
 
 @router.post("", response_model=RunDetail, status_code=status.HTTP_201_CREATED)
-@in_write_lane
 def create_run(body: RunCreate, session: SessionDep, settings: SettingsDep, request: Request) -> RunDetail:
     """Queue one run. 422 naming the field and the value if anything is invalid; nothing is stored then."""
     cols = runspec.validated_columns(
@@ -162,7 +161,6 @@ def _merge(base: dict[str, Any], edits: dict[str, Any] | None) -> dict[str, Any]
 
 
 @router.post("/{run_id}/clone", response_model=RunDetail, status_code=status.HTTP_201_CREATED)
-@in_write_lane
 def clone_run(
     run_id: RunId, session: SessionDep, settings: SettingsDep, request: Request, edits: RunEdits | None = None
 ) -> RunDetail:

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path, Query, Request, status
 
-from backend.deps import SessionDep, SettingsDep, in_write_lane, wake_worker
+from backend.deps import SessionDep, SettingsDep, wake_worker
 from backend.runspec import validated_columns
 from backend.schemas import INT32_MAX, INT32_MIN, SweepCreate, SweepCreated, SweepOut
 from db import crud
@@ -49,7 +49,6 @@ def _out(sweep: Sweep, counts: dict[str, int]) -> dict[str, Any]:
 
 
 @router.post("", response_model=SweepCreated, status_code=status.HTTP_201_CREATED)
-@in_write_lane
 def create_sweep(body: SweepCreate, session: SessionDep, settings: SettingsDep, request: Request) -> SweepCreated:
     """Validate every run of the grid, then queue them all in one transaction (or none, with a 422)."""
     axes = grid_axes(body)

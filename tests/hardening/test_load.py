@@ -37,7 +37,7 @@ def test_100_concurrent_posts_are_each_stored_exactly_once_and_do_not_starve_ano
     assert check["duplicate_ids"] == 0 and check["duplicate_names"] == 0
     assert anonymous.status_code == 401, anonymous.text
     # Fairness as a ratio (the machine is shared; no wall-clock bound): the side client's lists, sent one after
-    # another during the burst, are answered far faster than the burst's own POSTs, which queue for the write lane;
+    # another during the burst, are answered far faster than the burst's own POSTs, which queue for admission (backend/fairness.py);
     # and its one POST was stored like the others (side-0 above).
     burst = sorted(r[3] * 1000 for r in out["results"])
     assert side["post_status"] == 201 and side["gets"], side
