@@ -86,7 +86,8 @@ def _best_of_sweep(config: Any, points: list[dict[str, Any]], desc: str, progres
         rows.append(row)
         results.append(res)
     done = [(r["dev"], i) for i, r in enumerate(rows) if r["status"] == "ok"]
-    return rows, (results[max(done)[1]] if done else None)
+    # the first of the best dev scores, as `sweep` picks it
+    return rows, (results[max(done, key=lambda t: t[0])[1]] if done else None)
 
 
 def _cell(method: str, task: str, bests: list[dict[str, Any]]) -> paper.PaperCell:

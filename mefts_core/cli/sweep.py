@@ -11,6 +11,7 @@ from typing import Any
 from mefts_core.cli.common import fail, setup_logging, write_json
 from mefts_core.cli.train import ProgressBar, add_run_args, config_kwargs
 from mefts_core.measure import tables
+from mefts_core.tasks import TaskDataError
 
 # The paper's three grids (README "Data, the paper's grids and its table"), all with early stopping after 5 epochs
 # without dev improvement (TrainConfig.patience's default). Which one a task gets depends on its kind and, for GLUE,
@@ -89,6 +90,8 @@ def run_point(point: dict[str, Any], config: Any, desc: str, progress: bool) -> 
     except (torch.OutOfMemoryError, MemoryError) as e:
         row.update(status="does not fit", error=str(e))
         return row, None
+    except TaskDataError:
+        raise  # the task's data, not this point: every point would fail the same way (reproduce: "no data")
     except (ValueError, FloatingPointError) as e:
         row.update(status="failed", error=str(e))
         return row, None
@@ -142,7 +145,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     results: list[dict[str, Any]] = []
     for i, (point, config) in enumerate(zip(points, configs), 1):
         desc = f"run {i}/{len(points)} lr {point['learning_rate']:g} bs {point['batch_size']} ep {point['epochs']}"
-        row, res = run_point(point, config, desc, not args.no_progress)
+        try:
+            row, res = run_point(point, config, desc, not args.no_progress)
+        except TaskDataError as e:
+            fail(str(e), 2)  # no point of the grid can run without the task's data
         results += [res] if res is not None else []
         runs.append(row)
         print(f"{desc}: {row['status']}" + (f", dev {row['dev']:.4f}, test {row['test']:.4f}"

@@ -114,7 +114,8 @@ def read_points(rows: Iterable[dict[str, Any]]) -> tuple[list[Point], list[Searc
         where = str(r.get("where") or r.get("device_name") or r.get("device") or "")
         layers = r.get("layers") if is_int(r.get("layers")) else None
         dtype = str(r.get("dtype") or "float32")
-        if "max_batch" in r and str(r.get("how", "")).startswith("cuda search") and is_int(r["max_batch"]):
+        if ("max_batch" in r and str(r.get("how", "")).startswith("cuda search") and is_int(r["max_batch"])
+                and is_number(r.get("budget_gib"))):
             searches.append(Search(key, str(r.get("backbone")), layers, r["seq_len"], dtype,
                                    int(float(r["budget_gib"]) * GiB), r["max_batch"], where or "cuda search"))
         elif is_int(r.get("batch_size")) and (is_int(r.get("peak_bytes")) or is_number(r.get("step_seconds"))):
@@ -223,14 +224,12 @@ def fit_method(q: Query, label: str, points: list[Point], searches: list[Search]
     mem = sorted((p for p in mine if p.peak_bytes is not None), key=lambda p: p.batch_size)
     timed = [p for p in mine if p.step_seconds is not None]
     kw = dict(layers=q.layers, options=options, dtype=q.dtype, device=q.device)
-    why: list[str] = []
 
     def estimate() -> dict:
         try:
             return figure(max_batch_estimate(q.backbone, base, q.seq_len, q.budget_bytes, **kw), "estimated",
                           "analytic estimate (mefts_core.measure.estimate)")
         except NotImplementedError as e:
-            why.append(str(e))
             return figure(None, "unknown", f"not estimated: {e}")
 
     batch, line = _max_batch(q, mem, [s for s in searches if q.matches(s, label, depth)], estimate)

@@ -72,7 +72,7 @@ def test_bad_fits_query_is_a_422_naming_the_parameter(client, field, value, loc)
     assert detail["loc"] == ["query", loc] and (loc in detail["msg"] or detail["type"] != "value_error")
 
 
-def test_cli_prints_the_same_figures_from_bench_files(client, tmp_path, capsys):
+def test_cli_prints_the_same_figures_from_bench_files(tmp_path, capsys):
     rows = [_bench_row(4, 40 * MiB, 0.1), _bench_row(16, 88 * MiB, 0.3)]
     (tmp_path / "rows.json").write_text(json.dumps(rows))
     (tmp_path / "timings.json").write_text(json.dumps({"args": {}, "timings": {}}))  # not rows: skipped

@@ -45,7 +45,6 @@ const Fits = (() => {
     return load();
   }
 
-  const SOURCE_NOTE = { measured: "measured", interpolated: "interpolated", estimated: "estimated", unknown: "unknown" };
   const fmtNum = (v, d = 0) => v.toLocaleString("en-US", { maximumFractionDigits: d });
   const FORMAT = {
     max_batch: (v) => fmtNum(v),
@@ -58,7 +57,7 @@ const Fits = (() => {
   /** One cell: the figure and its source, the how in the tooltip. */
   const cell = (key, f) => el("td", { class: `fit fit-${f.source}`, "data-key": key, "data-source": f.source,
     "data-value": f.value === null ? "" : String(f.value), title: f.how },
-  figureText(key, f), " ", el("span", { class: `src src-${f.source}` }, SOURCE_NOTE[f.source]));
+  figureText(key, f), " ", el("span", { class: `src src-${f.source}` }, f.source));
 
   async function load() {
     const mine = ++seq;
