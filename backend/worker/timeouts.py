@@ -19,6 +19,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
+import re
 import signal
 import time
 from dataclasses import dataclass
@@ -32,6 +33,10 @@ from db.session import session_scope
 log = logging.getLogger(__name__)
 
 DUMP_WAIT_SECONDS = 1.0  # between the stack-dump request and SIGKILL
+LOG_WINDOW_CHARS = 256_000  # how much of the log end is searched for the dump
+DUMP_MAX_CHARS = 64_000  # a dump kept whole up to this (one deep stack per thread is a few KB)
+_DUMP_HEADER = re.compile(r"^(Current thread|Thread) 0x[0-9a-f]+ .*\(most recent call first\):$")
+_DUMP_BODY = re.compile(r"^(  File \"|  <no Python frame>|  \.\.\.|  Garbage-collecting|$)")
 
 
 def run_limit(config: dict[str, Any] | None, default: float | None) -> float | None:
@@ -44,6 +49,25 @@ def deadline(config: dict[str, Any] | None, default: float | None, now: dt.datet
     """When a job that reports its start `now` times out (naive UTC, as the runs table stores it)."""
     limit = run_limit(config, default)
     return None if limit is None else (now or utcnow()) + dt.timedelta(seconds=limit)
+
+
+def stack_dump(log_end: str, fallback_chars: int = 4000) -> str:
+    """The last faulthandler dump in the end of a job's log, from its first thread header (a plain tail of the
+    log would cut the header off a long dump); the last `fallback_chars` of the log when it holds no dump."""
+    lines = log_end.splitlines()
+    headers = [i for i, line in enumerate(lines) if _DUMP_HEADER.match(line)]
+    if not headers:
+        return log_end[-fallback_chars:]
+    start = end = headers[-1]  # the last dump's last thread; its other threads are above it
+    while start > 0 and (_DUMP_HEADER.match(lines[start - 1]) or _DUMP_BODY.match(lines[start - 1])):
+        start -= 1
+    while start < end and not _DUMP_HEADER.match(lines[start]):
+        start += 1
+    end += 1
+    while end < len(lines) and _DUMP_BODY.match(lines[end]):  # the job may log on after its dump
+        end += 1
+    dump = "\n".join(lines[start:end]).rstrip("\n") + "\n"
+    return dump if len(dump) <= DUMP_MAX_CHARS else dump[:DUMP_MAX_CHARS] + "\n  ... (dump cut)\n"
 
 
 def timeout_message(limit: float | None) -> str:
@@ -128,7 +152,7 @@ class Timeouts:
         """Store the verdict of a timed-out job this dispatcher did not start, then kill the job if it is here (one
         elsewhere kills itself: its heartbeat finds the run no longer its own)."""
         log_path = getattr(dispatcher.executor, "log_path", None)
-        tail = file_tail(log_path(entry.run_id)) if entry.pid and log_path is not None else ""
+        tail = file_tail(log_path(entry.run_id), LOG_WINDOW_CHARS) if entry.pid and log_path is not None else ""
         self._store(dispatcher, entry, tail)
         if _job_group(entry.pid) is not None:
             try:
@@ -143,7 +167,7 @@ class Timeouts:
         if entry is None or entry.attempt != handle.attempt:
             return False
         log_tail = getattr(dispatcher.executor, "log_tail", None)
-        self._store(dispatcher, entry, log_tail(handle) if log_tail is not None else "")
+        self._store(dispatcher, entry, log_tail(handle, LOG_WINDOW_CHARS) if log_tail is not None else "")
         return True
 
     @staticmethod
@@ -151,6 +175,6 @@ class Timeouts:
         msg = timeout_message(entry.limit)
         with session_scope(dispatcher.factory) as s:
             stored = crud.finish_run(session=s, run_id=entry.run_id, attempt=entry.attempt, status=RunStatus.failed,
-                                     values={"error": msg, "traceback": tail or msg, "pid": None})
+                                     values={"error": msg, "traceback": stack_dump(tail) or msg, "pid": None})
         log.warning("run %d attempt %d: %s%s", entry.run_id, entry.attempt, msg,
                     "" if stored else " (it had already finished)")
