@@ -67,6 +67,10 @@ class Settings(BaseSettings):
         default=None, gt=0, description="wall-clock limit of a run's job (a run may set its own timeout_s); past "
         "it the job is killed and the run fails with 'timed out after N s'",
     )
+    job_start_seconds: float = Field(
+        default=600.0, gt=0, description="how long a job may take to report its start (its imports) before a run "
+        "with a timeout starts its clock anyway: a job that hangs before it starts times out too",
+    )
 
     @property
     def db_url(self) -> str:

@@ -7,6 +7,7 @@ It runs as a thread inside `mefts serve` or as the process `mefts worker`; sever
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import os
 import signal
@@ -20,9 +21,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from backend.settings import Settings
 from backend.worker.executors import make_executor
 from backend.worker.executors.local import JobHandle, Slot
-from backend.worker.timeouts import Timeouts
+from backend.worker.timeouts import Timeouts, deadline
 from db import crud
-from db.models import RunStatus
+from db.models import RunStatus, utcnow
 from db.session import session_scope
 
 log = logging.getLogger(__name__)
@@ -133,6 +134,10 @@ class Dispatcher:
                 if run is None:
                     break
                 run_id, attempt = run.id, run.attempts
+                # provisional: the job replaces it when it reports its start; if it never does, it still times out
+                start_by = utcnow() + dt.timedelta(seconds=self.settings.job_start_seconds)
+                crud.set_run_info(session=s, run_id=run_id, attempt=attempt, values={
+                    "deadline_at": deadline(run.config, self.settings.run_timeout_seconds, start_by)})
             try:
                 handle = self.executor.start(run_id=run_id, attempt=attempt, slot=slot)
             except Exception as e:  # OSError from a local start, any error of a Ray submission

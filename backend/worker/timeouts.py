@@ -2,7 +2,9 @@
 
 A run's limit is its `timeout_s` (stored in its config by the API) or MEFTS_RUN_TIMEOUT_SECONDS. It counts from the
 job's report that it started (after its imports: `job.py` stores `deadline_at` with the run), so a slow import does
-not eat the run's time, and the deadline lives in the database, not in one dispatcher's memory.
+not eat the run's time, and the deadline lives in the database, not in one dispatcher's memory. Until that report the
+run holds a provisional deadline, set when it is claimed: MEFTS_JOB_START_SECONDS later plus its limit, so a job that
+hangs before it starts (a stuck import or file system) times out too.
 
 Every dispatcher looks for running runs past their deadline. The owner of the job (the dispatcher that started it)
 asks it for a stack dump (SIGUSR1: the job registers faulthandler for it; SIGCONT wakes a stopped job), then SIGKILLs

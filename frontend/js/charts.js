@@ -453,6 +453,6 @@ const Charts = (() => {
     root.querySelectorAll(".js-plotly-plot").forEach((el) => Plotly.Plots.resize(el));
   }
 
-  return { ready, scatter, paretoFront, pivot, saving, lossCurves, metricCurves, memoryBar, memoryParts, fidelity, errorAxis,
+  return { ready, CONFIG, BASE_LAYOUT, AXIS, scatter, paretoFront, pivot, saving, lossCurves, metricCurves, memoryBar, memoryParts, fidelity, errorAxis,
     resize, MEMORY, METRICS, fmtMetric, overlayCurves, memoryBars, colorMap, benchCurves };
 })();

@@ -190,7 +190,23 @@ def _max_batch(q: Query, mem: list[Point], searches: list[Search], estimate) -> 
             how = (f"peak linear in the batch between measured B={lo.batch_size} ({_gib(lo.peak_bytes)}) and "
                    f"B={hi.batch_size} ({_gib(hi.peak_bytes)})")
             return figure(b, "interpolated", how), (lo, hi)
-    return estimate(), None
+    return _within_measured(estimate(), fit, miss), None
+
+
+def _within_measured(est: dict, fit: list[Point], miss: list[Point]) -> dict:
+    """The estimate, held to what was measured at this budget: at least the largest batch that fit (also when
+    there is no estimate), below the smallest that did not."""
+    lo = max(fit, key=lambda p: p.batch_size, default=None)
+    hi = min(miss, key=lambda p: p.batch_size, default=None)
+    v = est["value"]
+    if lo is not None and (v is None or v < lo.batch_size):
+        lower = "" if v is None else f"; the analytic estimate, B={v}, is lower"
+        return figure(lo.batch_size, "measured", f"at least B={lo.batch_size}: it fits ({lo.where}), no larger "
+                                                 f"batch was measured{lower}")
+    if hi is not None and v is not None and v >= hi.batch_size:
+        return figure(hi.batch_size - 1, "estimated", f"{est['how']}, {v}, capped below B={hi.batch_size}, "
+                                                      f"which does not fit ({hi.where})")
+    return est
 
 
 def _step(q: Query, batch: int, timed: list[Point]) -> dict:

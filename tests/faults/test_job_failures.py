@@ -93,3 +93,31 @@ def test_a_job_that_raises_and_a_job_that_hangs_past_its_timeout(service):
     assert done["error"] == "timed out after 25 s"
     # the traceback is where it hung: faulthandler's dump of the frozen job's threads
     assert "most recent call first" in done["traceback"] and 'File "' in done["traceback"], done["traceback"]
+
+
+def test_a_job_that_hangs_before_it_reports_its_start_times_out_too(service, tmp_path, monkeypatch):
+    """Its run's clock starts at the job's start report; a job stuck before it (here: in its interpreter's start-up,
+    a real hang through `sitecustomize`) is held to its provisional deadline: claim + job_start_seconds + limit."""
+    client, settings = service
+    hang = tmp_path / "hang"
+    hang.mkdir()
+    (hang / "sitecustomize.py").write_text("import time\ntime.sleep(3600)\n")
+    monkeypatch.setenv("PYTHONPATH", str(hang))  # only the job processes started below see it
+    settings = settings.model_copy(update={"job_start_seconds": 3.0})
+    r = client.post("/api/runs", json={**TINY, "timeout_s": 2})
+    assert r.status_code == 201, r.text
+    run_id = r.json()["id"]
+
+    dispatcher = Dispatcher(settings, make_sessionmaker(make_engine(settings.db_url)))
+    dispatcher.start_thread()
+    try:
+        run = lambda: client.get(f"/api/runs/{run_id}").json()  # noqa: E731
+        claimed = wait_for(lambda: (lambda x: x if x["status"] == "running" and x["pid"] else None)(run()), 30, 0.1,
+                           "the run to be claimed")
+        assert claimed["deadline_at"] is not None and claimed["versions"] is None, claimed  # provisional: no report
+        done = wait_for(lambda: (lambda x: x if x["status"] not in ("queued", "running") else None)(run()), 60, 0.2,
+                        "the hung job's run to time out")
+    finally:
+        dispatcher.stop(timeout=30)
+    assert done["status"] == "failed" and done["attempts"] == 1 and done["error"] == "timed out after 2 s", done
+    assert done["versions"] is None  # it never reported its start

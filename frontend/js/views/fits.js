@@ -116,11 +116,10 @@ const Fits = (() => {
     };
     const div = $("fits-chart");
     await Plotly.react(div, [trace], {
-      font: { family: "system-ui, sans-serif", size: 12, color: "#1f2933" }, paper_bgcolor: "#fff", plot_bgcolor: "#fff",
-      height: 380, margin: { l: 60, r: 16, t: 36, b: 60 }, hoverlabel: { align: "left" },
+      ...Charts.BASE_LAYOUT, height: 380, margin: { ...Charts.BASE_LAYOUT.margin, t: 36, b: 60 },
       title: { text: `Largest batch in ${Api.fmtBytes(data.budget_bytes)} at sequence length ${data.seq_len}`, font: { size: 13 } },
-      xaxis: { automargin: true }, yaxis: { title: { text: "batch size" }, rangemode: "tozero", gridcolor: "#e4e7eb", automargin: true },
-    }, { displaylogo: false, responsive: true });
+      xaxis: { ...Charts.AXIS }, yaxis: { ...Charts.AXIS, title: { text: "batch size" }, rangemode: "tozero" },
+    }, Charts.CONFIG);
   }
 
   return { show };

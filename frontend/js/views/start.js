@@ -29,17 +29,26 @@ const FirstStart = (() => {
           "Queue a demo sweep (tiny-bert, 64 SST-2 sentences, 4 methods)") : null));
   }
 
+  /** POST `path` with the button `id` disabled meanwhile; a failed request leaves it enabled, to try again. */
+  async function act(id, path) {
+    const button = $(id);
+    button.disabled = true;
+    try {
+      return await Api.post(path);
+    } finally {
+      button.disabled = false;
+    }
+  }
+
   async function importRows() {
-    $("fs-import").disabled = true;
-    const r = await Api.post("/api/start/import");
+    const r = await act("fs-import", "/api/start/import");
     flash(`Imported ${r.stored} benchmark rows from ${r.files.join(", ")}.`);
     await check();
     UI.route();  // the landing view reloads: its bench curves now have rows
   }
 
   async function queueDemo() {
-    $("fs-demo").disabled = true;
-    const r = await Api.post("/api/start/demo");
+    const r = await act("fs-demo", "/api/start/demo");
     flash(`Queued the demo sweep: ${r.run_ids.length} runs.`, "info", ["See the runs", "#/runs"]);
     await check();
   }

@@ -68,6 +68,25 @@ def test_interpolated_between_a_measured_fit_and_a_measured_miss():
     assert lora["measured_points"] == 2
 
 
+def test_an_estimate_is_held_to_the_measured_fits_and_misses():
+    budget = 256 * MiB
+    b = _est_batch(budget)
+    # a measured batch above the estimate fits: the answer is that batch, measured, not the lower estimate
+    got = {m["method"]: m for m in fits.fits(_q(budget), [_row("lora", b + 5, budget - MiB)])["methods"]}["lora"]
+    assert got["max_batch"]["value"] == b + 5 and got["max_batch"]["source"] == "measured", got["max_batch"]
+    assert got["peak_bytes"] == {"value": budget - MiB, "source": "measured", "how": got["peak_bytes"]["how"]}
+    # a measured batch at or below the estimate does not fit: the estimate is capped below it
+    got = {m["method"]: m for m in fits.fits(_q(budget), [_row("lora", b - 2, budget + MiB)])["methods"]}["lora"]
+    assert got["max_batch"]["value"] == b - 3 and got["max_batch"]["source"] == "estimated", got["max_batch"]
+    assert f"B={b - 2}" in got["max_batch"]["how"]
+    # a method without an analytic estimate still reports the batch measured to fit
+    got = {m["method"]: m for m in fits.fits(_q(budget), [_row("ia3", 4, budget // 2)], ["ia3"])["methods"]}["ia3"]
+    assert got["max_batch"]["value"] == 4 and got["max_batch"]["source"] == "measured", got["max_batch"]
+    # measured points consistent with the estimate leave it as it is
+    got = {m["method"]: m for m in fits.fits(_q(budget), [_row("lora", 1, 1)])["methods"]}["lora"]
+    assert got["max_batch"] == {"value": b, "source": "estimated", "how": got["max_batch"]["how"]}
+
+
 def test_measured_at_the_point_and_a_cuda_search_at_the_budget():
     budget = 64 * MiB
     # another device kind, dtype or sequence length is another point: ignored
