@@ -38,24 +38,21 @@ def shipped_files(folder: Path = SHIPPED_RESULTS) -> dict[str, list[dict[str, An
     out = {}
     for path in sorted(folder.glob("*.json")):
         try:
-            raw = json.loads(path.read_text())
+            text = path.read_text()
+            raw = json.loads(text)
         except (OSError, ValueError) as e:
             log.warning("shipped results %s: %s", path, e)
             continue
         if isinstance(raw, list) and raw and all(isinstance(r, dict) and "peak_bytes" in r for r in raw):
-            out[path.name] = [r for r in parse_rows(path.read_text(), "json") if r.get("status") in (None, "", "ok")]
+            out[path.name] = [r for r in parse_rows(text, "json") if r.get("status") in (None, "", "ok")]
     return out
-
-
-def _key(row: dict[str, Any]) -> tuple:
-    return tuple(row.get(k) for k in bench.ROW_KEY)
 
 
 def import_shipped(session: Session, folder: Path = SHIPPED_RESULTS) -> dict[str, Any]:
     """Store the shipped bench rows that are not stored yet; returns how many were stored and already there."""
     have = bench.bench_row_keys(session=session)
     files = shipped_files(folder)
-    new = [r for rows in files.values() for r in rows if _key(r) not in have]
+    new = [r for rows in files.values() for r in rows if bench.row_key(r) not in have]
     total = sum(len(rows) for rows in files.values())
     bench.add_bench_rows(session=session, rows=new)
     session.commit()

@@ -49,19 +49,23 @@ def _clean(row: dict[str, Any]) -> dict[str, Any]:
     return {str(k): (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
 
 
+def _columns(row: dict[str, Any]) -> dict[str, Any]:
+    """A row as the table's typed columns (what is stored, and what two rows are compared on)."""
+    return {
+        "backbone": str(row.get("backbone") or ""), "method": str(row.get("method") or ""),
+        "options": _options(row.get("options")), "layers": _int(row.get("layers")), "seq_len": _int(row.get("seq_len")),
+        "batch_size": _int(row.get("batch_size")), "dtype": row.get("dtype") or None,
+        "device": row.get("device") or None, "status": row.get("status") or None,
+        "stored_activation_bytes": _int(row.get("stored_activation_bytes")), "peak_bytes": _int(row.get("peak_bytes")),
+        "peak_activation_bytes": _int(row.get("peak_activation_bytes")), "step_seconds": _float(row.get("step_seconds")),
+    }
+
+
 def add_bench_rows(*, session: Session, rows: Iterable[dict[str, Any]]) -> list[BenchRow]:
     """Insert rows as mefts_core.measure.bench produces them; the caller commits."""
     out = []
     for row in rows:
-        obj = BenchRow(
-            backbone=str(row.get("backbone") or ""), method=str(row.get("method") or ""),
-            options=_options(row.get("options")), layers=_int(row.get("layers")), seq_len=_int(row.get("seq_len")),
-            batch_size=_int(row.get("batch_size")), dtype=row.get("dtype") or None, device=row.get("device") or None,
-            status=row.get("status") or None,
-            stored_activation_bytes=_int(row.get("stored_activation_bytes")), peak_bytes=_int(row.get("peak_bytes")),
-            peak_activation_bytes=_int(row.get("peak_activation_bytes")), step_seconds=_float(row.get("step_seconds")),
-            row=_clean(dict(row)),
-        )
+        obj = BenchRow(**_columns(row), row=_clean(dict(row)))
         session.add(obj)
         out.append(obj)
     session.flush()
@@ -80,6 +84,12 @@ def list_bench_rows(*, session: Session, backbone: str | None = None, method: st
 
 # What makes two stored rows the same measurement (first start imports a shipped row only once).
 ROW_KEY = ("backbone", "method", "layers", "seq_len", "batch_size", "dtype", "device", "peak_bytes")
+
+
+def row_key(row: dict[str, Any]) -> tuple:
+    """The ROW_KEY of a row as it would be stored."""
+    cols = _columns(row)
+    return tuple(cols[k] for k in ROW_KEY)
 
 
 def bench_row_keys(*, session: Session) -> set[tuple]:

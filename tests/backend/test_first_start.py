@@ -55,3 +55,20 @@ def test_serve_demo_twice_adds_the_rows_and_the_sweep_once(client, settings):
                        [s["name"] for s in client.get("/api/sweeps").json()]))
     assert counts == [(_shipped_ok_rows(), len(DEMO_SWEEP["methods"]), [DEMO_NAME])] * 2
     assert build_parser().parse_args(["serve", "--demo"]).demo
+
+
+def test_a_row_is_recognised_as_stored_by_its_stored_columns(client, settings, tmp_path):
+    """A row stored once is known again by what the table holds: empty fields stored as NULL, numbers given as
+    text stored as numbers, are not taken for a new row on the next import."""
+    from backend.firststart import import_shipped
+    from db.session import make_engine, make_sessionmaker, session_scope
+
+    row = {"backbone": "tiny-bert", "method": "lora", "layers": "4", "seq_len": 64, "batch_size": 8.0, "dtype": "",
+           "device": "", "status": "ok", "peak_bytes": "123456"}
+    (tmp_path / "rows.json").write_text(json.dumps([row]))
+    factory = make_sessionmaker(make_engine(settings.db_url))
+    with session_scope(factory) as s:
+        assert import_shipped(s, tmp_path)["stored"] == 1
+    with session_scope(factory) as s:
+        assert import_shipped(s, tmp_path) == {"stored": 0, "already": 1, "files": ["rows.json"]}
+    assert client.get("/api/bench").json()["total"] == 1
