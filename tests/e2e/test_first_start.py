@@ -41,13 +41,14 @@ def test_first_start_imports_the_shipped_rows_and_the_depth_curves_appear(browse
     expect(page.locator("#flash")).to_contain_text("fetch")
     expect(page.locator("#fs-import")).to_be_enabled()
     empty_server.start()
-    for entry in console.entries[seen:]:  # the page's own requests failed while the server was down
-        entry["expected"] = entry["expected"] or "ERR_CONNECTION_REFUSED" in str(entry["text"])
     page.click("#fs-import")
     rows = json.loads((SHIPPED_RESULTS / "h100-bert-base-seq512.json").read_text())
     methods = {r["method"] for r in rows if r["status"] == "ok"}
     # one depth curve per method (L = 12, 24, 48 at T=512, B=8)
     expect(page.locator("#bench-depth .trace")).to_have_count(len(methods))
+    for entry in console.entries[seen:]:  # the page's own requests (its event stream) failed while it was down
+        entry["expected"] = entry["expected"] or any(
+            f"net::{why}" in str(entry["text"]) for why in ("ERR_CONNECTION_REFUSED", "ERR_INCOMPLETE_CHUNKED_ENCODING"))
     expect(page.locator("#bench-curves")).to_have_attribute("data-rendered", str(len(methods)))
     assert empty_server.get("/api/bench")["total"] == len([r for r in rows if r["status"] == "ok"])
     expect(page.locator("#fs-import")).to_have_count(0)
