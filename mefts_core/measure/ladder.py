@@ -16,6 +16,10 @@ With n = B·T tokens and e the element size it saves
 
 A side layer keeps the backbone's head count when d' allows it, so on the math attention path (CPU) its B·h'·T²
 tensors are as large as a full layer's: at short widths they, not the ladders, dominate.
+
+Not modelled: the backbone's own no-grad forward, one layer's working set beside the ladder inputs gathered so far.
+On CPU it never sets the peak (each side layer stores scores as large as the backbone's transient ones); with a fused
+attention kernel (CUDA) and a large r it could, and the estimate would then be low.
 """
 
 from __future__ import annotations
@@ -51,5 +55,7 @@ def ladder_bytes(s: Shape, r: int, shape: dict[str, Any], num_labels: int) -> tu
         "head": _head(s, False, num_labels),
     }
     stored = sum(terms.values())
-    peak = stored + max(top["transient"], top["forward"] - terms["head"])
+    # the top side layer's backward or forward moment, or the end of forward: up's output (the last hidden state,
+    # n·d, which the frozen pooler does not save) is alive beside everything stored until the model returns
+    peak = stored + max(top["transient"], top["forward"] - terms["head"], s.nd())
     return terms, stored, peak
