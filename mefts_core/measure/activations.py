@@ -333,8 +333,10 @@ def activation_bytes(s: Shape, train: LayerTraining, opts: Any, shape: dict[str,
                                     else min(opts.reversible_layers, n_layers)), True
     else:
         n_plain = n_layers
-    for _ in range(n_plain):
+    first_saves_input = False
+    for i in range(n_plain):
         top = _layer(s, train, x_rg)
+        first_saves_input = first_saves_input or (i == 0 and top["x_saved"] > 0)
         layer_saved += top["saved"] + top["x_saved"]
         inputs += s.nd()  # a checkpointed layer keeps its input
         x_rg = top["out_rg"]
@@ -349,7 +351,10 @@ def activation_bytes(s: Shape, train: LayerTraining, opts: Any, shape: dict[str,
     else:
         terms["layers"] = layer_saved
         stored = sum(terms.values())
-        act_peak = stored + max(top["transient"], top["forward"] - terms["head"])
+        # the forward moment: the embeddings' output is a local of the model's forward, alive until it returns
+        # (counted here when no layer saves it and it is not the top layer's own input)
+        emb_out = s.nd() if not meft and n_plain > 1 and not first_saves_input else 0.0
+        act_peak = stored + max(top["transient"], top["forward"] - terms["head"] + emb_out)
     if meft:
         # by the time the reversible backward runs, the upper layers, merge and head have been freed
         # + a new gradient for every block parameter, held by the Function until its backward returns
