@@ -56,6 +56,10 @@ def test_estimate_follows_the_structure():
     per_layer = stored("full", 3) - stored("full", 2)
     assert stored("full", 8) - stored("full", 2) == 6 * per_layer
     assert per_layer > 3 * B * 4 * T * T * 4  # at least the three B·h·T² tensors of the math attention path
+    # prefix: 10 more positions widen each layer's three B·h·T·(T + P) tensors and its saved values, and the keys of
+    # the second layer (the first layer's queries need no grad, so its keys are not saved); 10 more int64 ids
+    wider = stored("prefix(num_virtual_tokens=30)", 2) - stored("prefix(num_virtual_tokens=20)", 2)
+    assert wider == (2 * 3 * B * 4 * T * 10 + 3 * B * 10 * 64) * 4 + 10 * 8
 
 
 def test_estimate_rejects_what_it_cannot_count():
