@@ -15,6 +15,14 @@ bool), a fully trained BERT layer with the CPU's attention (SDPA's math path, wh
 and a frozen one with LoRA on q and v saves less (no weight grads: linear inputs drop out, except where LoRA reads
 them). On CUDA, SDPA's fused kernels save q, k, v, the output and a log-sum-exp instead of the A-sized tensors.
 
+The peers change the walk in a few places, each a tensor autograd keeps:
+- prefix-tuning: P trained key/value positions before every layer's own, so each query sees T + P keys
+  (A = B·h·T·(T + P); the keys and values saved are B·(T + P)·d) and they need grad in every layer, even the first;
+  with prefix_projection the MLP runs again in every layer and saves its input (P, d) and tanh output (P, H);
+- (IA)³: linear(x)·l on the keys and values, GELU-out·l before the FFN's second linear; each product saves the
+  unscaled tensor for l's grad (n·d, n·d, n·I) and, once its input needs grad, the vector l;
+- LST (mefts_core.measure.ladder): no backbone activation, but the ladders' inputs and a narrow side network.
+
 The activation peak is the stored activations plus the largest transient of backward:
 - plain autograd: the top layer's FFN backward (dL/dGELU-out and dL/dGELU-in alive together, 2·n·I·e, plus a few
   n·d grads) or its attention backward (2·A·e); full FT also has the dense word-embedding gradient (V·d·e) at the end;
@@ -49,9 +57,14 @@ class Shape:
     p_hidden: float
     p_attn: float
     fused_attention: bool
+    P: int = 0  # key/value positions before the tokens' own (prefix-tuning): A is then B·h·T·(T + P)
 
     def nd(self, k: float = 1.0) -> float:
         return k * self.n * self.d * self.e
+
+    def kv(self) -> float:
+        """Bytes of one layer's keys (or values) as attention reads them: B·(T + P)·d."""
+        return self.B * (self.T + self.P) * self.d * self.e
 
 
 # ------------------------------------------------------------------------------------------------ one BERT layer
@@ -68,21 +81,28 @@ def _attn_saved(s: Shape, t: LayerTraining, x_rg: bool) -> tuple[dict[str, float
     `x` (the sub-block input) is reported under "x" when something saves it."""
     lora = {name: (r, p) for name, r, p in t.lora}
     out: dict[str, float] = {}
-    rg = {k: x_rg or k in t.weights or t.biases or k in lora for k in "qkv"}
+    # a trained prefix makes the (concatenated) keys and values need grad even where the layer's own do not
+    rg = {k: x_rg or k in t.weights or t.biases or k in lora or k in t.ia3 or (k in "kv" and t.prefix > 0)
+          for k in "qkv"}
     if any(k in t.weights for k in "qkv") or any(k in lora for k in "qkv"):
         out["x"] = s.nd()
     for k, (r, p) in lora.items():
         if k in "qkvo":
             out[f"lora_{k}"] = s.n * r * s.e + (s.nd() + s.n * s.d * s.m if p > 0 else 0)
+    for k in "kv":
+        if k in t.ia3:  # (IA)³: linear(x)·l saves linear(x) for l's grad, and l (d wide) when x needs grad
+            out[f"ia3_{k}"] = s.nd() + (s.d * s.e if x_rg else 0)
+    if t.prefix_mlp:  # every layer runs the prefix MLP again: Linear 1's input (P, d) and the tanh output (P, H)
+        out["prefix_mlp"] = t.prefix * (s.d + t.prefix_mlp) * s.e
     scores_rg = rg["q"] or rg["k"]
     if s.fused_attention:
         if scores_rg or rg["v"]:  # q, k, v, output, log-sum-exp (fp32, padded to 32 rows)
-            out["sdpa"] = s.nd(4) + s.B * s.h * (math.ceil(s.T / 32) * 32) * 4
+            out["sdpa"] = s.nd(2) + 2 * s.kv() + s.B * s.h * (math.ceil(s.T / 32) * 32) * 4
     else:
         if rg["k"]:
             out["q"] = s.nd()
         if rg["q"]:
-            out["k"] = s.nd()
+            out["k"] = s.kv()
         if scores_rg:
             out["probs"] = s.A * s.e
             if s.p_attn > 0:
@@ -90,7 +110,7 @@ def _attn_saved(s: Shape, t: LayerTraining, x_rg: bool) -> tuple[dict[str, float
         if rg["v"]:
             out["dropped_probs"] = s.A * s.e
         if scores_rg:
-            out["v"] = s.nd()
+            out["v"] = s.kv()
     ctx_rg = scores_rg or rg["v"]
     o_rg = ctx_rg or "o" in t.weights or t.biases or "o" in lora
     if "o" in lora or ("o" in t.weights and "sdpa" not in out):
@@ -118,12 +138,14 @@ def _ffn_saved(s: Shape, t: LayerTraining, x_rg: bool) -> tuple[dict[str, float]
         out["x"] = s.nd()
     if i_rg:
         out["gelu_in"] = s.n * s.I * s.e
-    if "f" in t.weights or "f" in lora:
+    if "f" in t.weights or "f" in lora or "f" in t.ia3:  # (IA)³: GELU-out·l saves GELU-out for l's grad
         out["gelu_out"] = s.n * s.I * s.e
+    if "f" in t.ia3 and i_rg:  # ... and l (I wide) for GELU-out's
+        out["ia3_f"] = s.I * s.e
     for k, (r, p) in lora.items():
         if k in "if":
             out[f"lora_{k}"] = s.n * r * s.e + (s.n * (s.d if k == "i" else s.I) * (s.e + s.m) if p > 0 else 0)
-    f_rg = i_rg or "f" in t.weights or t.biases or "f" in lora
+    f_rg = i_rg or "f" in t.weights or t.biases or "f" in lora or "f" in t.ia3
     if f_rg and s.p_hidden > 0:
         out["hidden_mask2"] = s.nd() * s.m / s.e
     if t.ffn_adapter:
@@ -141,17 +163,21 @@ def _ffn_transient(s: Shape, t: LayerTraining, saved: dict[str, float]) -> float
     - the output dense's backward: LayerNorm 2's input and the dropout mask are freed; the residual grad and dL/df
       are alive (2 n·d) with the new dL/dGELU-out (n·I) and, when its weight trains, a d·I weight-grad temporary;
     - GELU's backward: dL/dGELU-out and dL/dGELU-in together (2 n·I) beside the residual grad, with the GELU output
-      (if saved) freed."""
+      (if saved) freed;
+    - (IA)³'s GELU-out·l backward, between the two: the incoming grad g, g·l (dL/dGELU-out) and g·GELU-out (before
+      its sum to l's shape), 3 n·I, beside the residual grad."""
     freed = saved.get("ln2_in", 0.0) + saved.get("hidden_mask2", 0.0)
     at_dense = -freed + s.nd(2) + s.n * s.I * s.e + (s.d * s.I * s.e if "f" in t.weights else 0)
     at_gelu = -freed - saved.get("gelu_out", 0.0) + s.nd() + 2 * s.n * s.I * s.e
-    return max(at_dense, at_gelu)
+    at_scale = -freed + s.nd() + 3 * s.n * s.I * s.e if "f" in t.ia3 else -math.inf
+    return max(at_dense, at_gelu, at_scale)
 
 
 def _attn_transient(s: Shape) -> float:
-    """Attention backward, at the probs·V matmul: dL/d(dropped probs) (math path only) beside three n·d grads
-    (the input's accumulating grad, the context grad, dL/dV); everything the sub-block saved is still alive."""
-    return s.nd(3) + (0 if s.fused_attention else s.A * s.e)
+    """Attention backward, at the probs·V matmul: dL/d(dropped probs) (math path only) beside three grads (the
+    input's accumulating grad and the context grad, n·d each, and dL/dV, with a prefix's P positions); everything
+    the sub-block saved is still alive."""
+    return s.nd(2) + s.kv() + (0 if s.fused_attention else s.A * s.e)
 
 
 def _layer(s: Shape, t: LayerTraining, x_rg: bool) -> dict[str, Any]:
@@ -280,6 +306,10 @@ def activation_bytes(s: Shape, train: LayerTraining, opts: Any, shape: dict[str,
     `train` is what trains in a layer (the method's estimate spec), `shape` the family's estimate_shape of the config;
     `trainable_bytes` are the gradients the reversible Function holds until its backward returns.
     """
+    if train.side:  # a side network on a frozen backbone: counted on its own
+        from mefts_core.measure.ladder import ladder_bytes
+
+        return ladder_bytes(s, train.side, shape, num_labels)
     n_layers = shape["layers"]
     emb_rg = train.embeddings_need_grad
     gc_on = bool(getattr(opts, "gradient_checkpointing", False))
@@ -289,6 +319,10 @@ def activation_bytes(s: Shape, train: LayerTraining, opts: Any, shape: dict[str,
     terms: dict[str, float] = {}
     meft = train.reversible
     terms["embeddings"] = _embeddings(s, emb_rg, train.embeddings_train, shape["positions"])
+    if train.prefix and not gc_on:
+        # the prefix's embedding saves its P token ids (a buffer, counted once: every layer shares it); under
+        # checkpointing the layers run it without saving, and only the recomputed one saves them again
+        terms["prefix_ids"] = train.prefix * 8
     x_rg = emb_rg
     layer_saved, inputs, top = 0.0, 0.0, None
     if meft:
@@ -299,8 +333,10 @@ def activation_bytes(s: Shape, train: LayerTraining, opts: Any, shape: dict[str,
                                     else min(opts.reversible_layers, n_layers)), True
     else:
         n_plain = n_layers
-    for _ in range(n_plain):
+    first_saves_input = False
+    for i in range(n_plain):
         top = _layer(s, train, x_rg)
+        first_saves_input = first_saves_input or (i == 0 and top["x_saved"] > 0)
         layer_saved += top["saved"] + top["x_saved"]
         inputs += s.nd()  # a checkpointed layer keeps its input
         x_rg = top["out_rg"]
@@ -315,7 +351,10 @@ def activation_bytes(s: Shape, train: LayerTraining, opts: Any, shape: dict[str,
     else:
         terms["layers"] = layer_saved
         stored = sum(terms.values())
-        act_peak = stored + max(top["transient"], top["forward"] - terms["head"])
+        # the forward moment: the embeddings' output is a local of the model's forward, alive until it returns
+        # (counted here when no layer saves it and it is not the top layer's own input)
+        emb_out = s.nd() if not meft and n_plain > 1 and not first_saves_input else 0.0
+        act_peak = stored + max(top["transient"], top["forward"] - terms["head"] + emb_out)
     if meft:
         # by the time the reversible backward runs, the upper layers, merge and head have been freed
         # + a new gradient for every block parameter, held by the Function until its backward returns

@@ -11,8 +11,9 @@ described in mefts_core.measure.activations). The optimizer step adds AdamW's te
 the largest trainable tensor; CUDA foreach: one copy of all trainable parameters). On CUDA, the step also holds two
 cuBLAS workspaces, one per thread that runs matrix products (the caller's for forward, autograd's device thread for
 backward): CUDA_RUNTIME_BYTES, read off an H100 with torch 2.11 (32 MiB each on Hopper, plus 3 MiB). Every term is
-a tensor that exists; none is fitted except that constant. Families other than BERT/RoBERTa raise
-Unsupported (a NotImplementedError) until their layer walk is written.
+a tensor that exists; none is fitted except that constant. Every built-in method has an estimate spec (prefix,
+ia3 and lst included); families other than BERT/RoBERTa raise Unsupported (a NotImplementedError) until their
+layer walk is written.
 """
 
 from __future__ import annotations
@@ -122,8 +123,8 @@ def estimate_memory(backbone: str, method: str, batch_size: int, seq_len: int, l
 
     Args:
         backbone: a registry name or local folder (mefts_core.backbones).
-        method: a registered method with an estimate spec: full, lora, adapter, bitfit, meft1, meft2, meft3
-            (options as for apply_method); prefix, ia3 and lst raise Unsupported (measure them instead).
+        method: a registered method with an estimate spec: full, lora, adapter, bitfit, prefix, ia3, lst, meft1,
+            meft2, meft3 (options as for apply_method); one registered without a spec raises Unsupported.
         batch_size, seq_len: the batch shape; every token is real (no padding).
         layers: depth override (architecture-only backbones), None for the backbone's own.
         options: method options, a dict (validated by the method registry) or the typed options.
@@ -140,8 +141,8 @@ def estimate_memory(backbone: str, method: str, batch_size: int, seq_len: int, l
 
     Raises:
         ConfigError (a ValueError): a bad argument, its `loc` naming it (method options under "options").
-        Unsupported (a ConfigError and a NotImplementedError): what the estimate does not model (a family without
-        a layer walk, reduced precision on CPU, offload on CUDA).
+        Unsupported (a ConfigError and a NotImplementedError): what the estimate does not model (a method without
+        an estimate spec, a family without a layer walk, reduced precision on CPU, offload on CUDA).
     """
     from mefts_core.methods import method_spec, options_dict
 
@@ -150,14 +151,6 @@ def estimate_memory(backbone: str, method: str, batch_size: int, seq_len: int, l
     e = _ELEMENT[dtype]
     attention = attention or ("fused" if device == "cuda" else "math")
     require(attention in ("math", "fused"), "attention", attention, "must be math or fused")
-    B, T = batch_size, seq_len
-    s = Shape(n=B * T, B=B, T=T, d=shape["hidden"], I=shape["ffn"], h=shape["heads"],
-              A=B * shape["heads"] * T * T, e=e, m=e if device == "cpu" else 1, p_hidden=shape["p_hidden"],
-              p_attn=shape["p_attn"], fused_attention=attention == "fused")
-    static = _static_bytes(summary, s, device)
-    # AdamW's temporaries: CPU per tensor (twice the largest), CUDA foreach (one copy of all trainable parameters)
-    opt_step = 2 * summary["largest_trainable"] if device == "cpu" else summary["trainable_bytes"]
-
     if getattr(opts, "offload_activations", False) and device == "cuda":
         raise Unsupported(("options", "offload_activations"), True, "on cuda the saved tensors leave the card; "
                                                                    "not estimated")
@@ -165,6 +158,13 @@ def estimate_memory(backbone: str, method: str, batch_size: int, seq_len: int, l
         train = method_spec(method).estimate(opts)
     except ConfigError as e:
         raise e.within("options") from e
+    B, T, P = batch_size, seq_len, train.prefix  # each query sees T + P keys (P: a trained prefix)
+    s = Shape(n=B * T, B=B, T=T, d=shape["hidden"], I=shape["ffn"], h=shape["heads"],
+              A=B * shape["heads"] * T * (T + P), e=e, m=e if device == "cpu" else 1, p_hidden=shape["p_hidden"],
+              p_attn=shape["p_attn"], fused_attention=attention == "fused", P=P)
+    static = _static_bytes(summary, s, device)
+    # AdamW's temporaries: CPU per tensor (twice the largest), CUDA foreach (one copy of all trainable parameters)
+    opt_step = 2 * summary["largest_trainable"] if device == "cpu" else summary["trainable_bytes"]
     terms, stored, act_peak = activation_bytes(s, train, opts, shape, num_labels, summary["trainable_bytes"])
 
     return {

@@ -10,7 +10,7 @@ from torch import nn
 
 from mefts_core.errors import ConfigError, is_number, require
 from mefts_core.methods.peers import PeerOptions
-from mefts_core.methods.registry import MethodSpec
+from mefts_core.methods.registry import LayerTraining, MethodSpec
 
 # The paper's three places, per model_type: regexes over the backbone's module names. peft's default for BERT
 # ("output.dense" as a suffix) also hits attention.output.dense, a fourth vector the paper does not have.
@@ -60,5 +60,10 @@ def apply_ia3(model: nn.Module, family, opts: IA3Options) -> list[nn.Parameter]:
     return params
 
 
-IA3 = MethodSpec("ia3", IA3Options, apply_ia3,
+def estimate_ia3(opts: IA3Options) -> LayerTraining:
+    # the paper's three places (_TARGETS): the key and value outputs, the input of the FFN's second linear
+    return LayerTraining(ia3=frozenset("kvf"))
+
+
+IA3 = MethodSpec("ia3", IA3Options, apply_ia3, estimate_ia3,
                  description="(IA)³: learned rescaling of keys, values and the FFN activation (peft)")

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from mefts_core.errors import ConfigError, is_int, is_number, require
-from mefts_core.methods.registry import MethodSpec
+from mefts_core.methods.registry import LayerTraining, MethodSpec
 
 LST_INITS = ("prune", "random")
 
@@ -47,12 +47,17 @@ class LstOptions:
         require(self.init in LST_INITS, "init", self.init, f"must be one of {LST_INITS}")
 
 
-def _side_config(config, r: int):
-    """The backbone's config at width d/r, FFN I/r, and the most heads (<= the backbone's) that divide d/r."""
-    d, inner = config.hidden_size // r, config.intermediate_size // r
+def side_width(hidden: int, ffn: int, heads: int, r: int) -> tuple[int, int, int]:
+    """The side network's (width d/r, FFN I/r, the most heads <= the backbone's that divide d/r)."""
+    d, inner = hidden // r, ffn // r
     if d < 1 or inner < 1:
-        raise ConfigError("r", r, f"leaves no width: hidden {config.hidden_size}/r, FFN {config.intermediate_size}/r")
-    heads = max(h for h in range(1, config.num_attention_heads + 1) if d % h == 0)
+        raise ConfigError("r", r, f"leaves no width: hidden {hidden}/r, FFN {ffn}/r")
+    return d, inner, max(h for h in range(1, heads + 1) if d % h == 0)
+
+
+def _side_config(config, r: int):
+    """The backbone's config at the side network's width (side_width)."""
+    d, inner, heads = side_width(config.hidden_size, config.intermediate_size, config.num_attention_heads, r)
     side = copy.deepcopy(config)
     side.hidden_size, side.intermediate_size, side.num_attention_heads = d, inner, heads
     return side
@@ -178,5 +183,11 @@ def _route_encoder(encoder: nn.Module, layers: list[nn.Module], side: LadderSide
     encoder.forward = forward
 
 
-LST = MethodSpec("lst", LstOptions, apply_lst,
+def estimate_lst(opts: LstOptions) -> LayerTraining:
+    # the backbone's layers train nothing and run without grad; the side network is counted on its own
+    # (mefts_core.measure.ladder)
+    return LayerTraining(side=opts.r)
+
+
+LST = MethodSpec("lst", LstOptions, apply_lst, estimate_lst,
                  description="ladder side-tuning: a d/r-wide side network on the frozen backbone's layer outputs")

@@ -19,7 +19,7 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from mefts_core.errors import ConfigError, is_int, require
 from mefts_core.methods.peers import PeerOptions
-from mefts_core.methods.registry import MethodSpec
+from mefts_core.methods.registry import LayerTraining, MethodSpec
 
 NAME = "mefts_prefix"
 
@@ -112,5 +112,10 @@ def apply_prefix(model: nn.Module, family, opts: PrefixOptions) -> list[nn.Param
     return list(base.prefix.parameters())
 
 
-PREFIX = MethodSpec("prefix", PrefixOptions, apply_prefix,
+def estimate_prefix(opts: PrefixOptions) -> LayerTraining:
+    return LayerTraining(prefix=opts.num_virtual_tokens,
+                         prefix_mlp=opts.encoder_hidden_size if opts.prefix_projection else 0)
+
+
+PREFIX = MethodSpec("prefix", PrefixOptions, apply_prefix, estimate_prefix,
                     description="prefix-tuning: trained keys and values before every layer's (peft's PrefixEncoder)")

@@ -34,6 +34,10 @@ class LayerTraining:
     embeddings_need_grad: bool = False  # the embeddings' output needs a gradient even with frozen layers above
     pooler_trains: bool = False
     reversible: bool = False  # the layers run in a reversible stack (MEFT)
+    ia3: frozenset = frozenset()  # linears rescaled by a trained vector: k, v at their output, f at its input ((IA)³)
+    prefix: int = 0  # trained key/value positions before every layer's own (prefix-tuning's P)
+    prefix_mlp: int = 0  # hidden width of the prefix's reparametrisation MLP, recomputed in every layer; 0: none
+    side: int = 0  # reduction factor r of a ladder side network of width d/r on a frozen backbone (LST); 0: none
 
 
 Apply = Callable[[nn.Module, Any, Any], list[nn.Parameter]]  # (model, family, options) -> trainable parameters

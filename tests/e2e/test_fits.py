@@ -55,7 +55,8 @@ def test_fits_bars_equal_the_api_and_are_labelled(page, server, console):
     methods = api["methods"]
     assert len(methods) >= 7 and bars["x"] == [m["method"] for m in methods]  # one bar per registered method
     assert bars["y"] == [m["max_batch"]["value"] or 0 for m in methods]
-    # a method the estimator does not model and nothing measured (prefix, ia3, lst here) is an empty, "unknown" bar
+    # a bar is empty exactly when its figure is "unknown" (nothing measured and no estimate: a method registered
+    # without an estimate spec; every built-in, prefix, ia3 and lst included, is estimated)
     assert all((b > 0) == (m["max_batch"]["source"] != "unknown") for b, m in zip(bars["y"], methods))
     for m, text, hover, src in zip(methods, bars["text"], bars["hover"], bars["sources"]):
         value = m["max_batch"]["value"]

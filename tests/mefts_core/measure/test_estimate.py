@@ -9,17 +9,21 @@ activation peak within 10%; the peak within 5%.
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from mefts_core.measure.bench import build_model, make_batch, parse_method
 from mefts_core.measure.estimate import MemoryFit, estimate_memory, fit_memory
 from mefts_core.measure.memory import measure_step
+from mefts_core.methods import method_spec, register_method, unregister_method
 
 MiB = 1 << 20
 B, T, LAYERS = 8, 128, 2
 
 
-@pytest.mark.parametrize("label", ["full", "lora", "lora+gc", "meft1-exact", "meft1-float"])
+@pytest.mark.parametrize("label", ["full", "lora", "lora+gc", "meft1-exact", "meft1-float", "prefix",
+                                   "prefix(prefix_projection=True)", "prefix+gc", "ia3", "lst"])
 def test_estimate_matches_measurement_on_a_tiny_shape(label, record_property):
     model, _ = build_model("tiny-bert", label, layers=LAYERS, seq_len=T)
     measured = measure_step(model, make_batch(model.config, B, T))
@@ -52,13 +56,25 @@ def test_estimate_follows_the_structure():
     per_layer = stored("full", 3) - stored("full", 2)
     assert stored("full", 8) - stored("full", 2) == 6 * per_layer
     assert per_layer > 3 * B * 4 * T * T * 4  # at least the three B·h·T² tensors of the math attention path
+    # prefix: 10 more positions widen each layer's three B·h·T·(T + P) tensors and its saved values, and the keys of
+    # the second layer (the first layer's queries need no grad, so its keys are not saved); 10 more int64 ids
+    wider = stored("prefix(num_virtual_tokens=30)", 2) - stored("prefix(num_virtual_tokens=20)", 2)
+    assert wider == (2 * 3 * B * 4 * T * 10 + 3 * B * 10 * 64) * 4 + 10 * 8
 
 
 def test_estimate_rejects_what_it_cannot_count():
     with pytest.raises(ValueError, match="r=0"):
         estimate_memory("tiny-bert", "lora", 2, 16, options={"r": 0})
-    with pytest.raises(NotImplementedError, match="opt"):
-        estimate_memory("tiny-opt", "lora", 2, 16)
+    for method in ("lora", "ia3"):  # a family without a layer walk
+        with pytest.raises(NotImplementedError, match="opt"):
+            estimate_memory("tiny-opt", method, 2, 16)
+    # a registered method without an estimate spec
+    register_method(dataclasses.replace(method_spec("bitfit"), name="nospec", estimate=None))
+    try:
+        with pytest.raises(NotImplementedError, match="nospec.*not estimated"):
+            estimate_memory("tiny-bert", "nospec", 2, 16)
+    finally:
+        unregister_method("nospec")
 
 
 def test_fit_recovers_its_parameters_and_inverts():

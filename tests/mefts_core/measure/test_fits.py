@@ -45,6 +45,8 @@ def test_without_measurements_every_registered_method_is_estimated_and_time_unkn
     from mefts_core.methods import METHODS
 
     assert [m["method"] for m in got["methods"]] == list(METHODS)
+    # every built-in has an analytic estimate (prefix, ia3 and lst too): none is "unknown"
+    assert {m["method"]: m["max_batch"]["source"] for m in got["methods"]} == dict.fromkeys(METHODS, "estimated")
     lora = {m["method"]: m for m in got["methods"]}["lora"]
     b = _est_batch(256 * MiB)
     assert b > 0 and lora["max_batch"] == {"value": b, "source": "estimated", "how": lora["max_batch"]["how"]}
