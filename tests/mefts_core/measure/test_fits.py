@@ -81,8 +81,9 @@ def test_an_estimate_is_held_to_the_measured_fits_and_misses():
     got = {m["method"]: m for m in fits.fits(_q(budget), [_row("lora", b - 2, budget + MiB)])["methods"]}["lora"]
     assert got["max_batch"]["value"] == b - 3 and got["max_batch"]["source"] == "estimated", got["max_batch"]
     assert f"B={b - 2}" in got["max_batch"]["how"]
-    # a method without an analytic estimate still reports the batch measured to fit
-    got = {m["method"]: m for m in fits.fits(_q(budget), [_row("ia3", 4, budget // 2)], ["ia3"])["methods"]}["ia3"]
+    # a family without an analytic estimate (no layer walk for OPT) still reports the batch measured to fit
+    opt = fits.Query(budget, "tiny-opt", 64)
+    got = fits.fits(opt, [{**_row("lora", 4, budget // 2), "backbone": "tiny-opt"}], ["lora"])["methods"][0]
     assert got["max_batch"]["value"] == 4 and got["max_batch"]["source"] == "measured", got["max_batch"]
     # measured points consistent with the estimate leave it as it is
     got = {m["method"]: m for m in fits.fits(_q(budget), [_row("lora", 1, 1)])["methods"]}["lora"]
