@@ -45,7 +45,15 @@ def add_reproduce_command(subparsers: Any) -> None:
                                                        "copy then show no data)")
     p.add_argument("--out", default=None, metavar="DIR",
                    help="write paper-<suite>.md/.tex/.csv and reproduce-<suite>.json here (default: reproduce-<suite>)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    q = p.add_argument_group("on a server (--queue)")
+    q.add_argument("--queue", metavar="URL", default=None,
+                   help="queue every run on the mefts server at URL (POST /api/runs, named 'reproduce <suite> "
+                        "<backbone> ...') instead of training here, wait for its workers, then write the server's "
+                        "paper table (GET /api/results/paper.*) to --out")
+    q.add_argument("--api-token", default=None, help="the server's bearer token (default: $MEFTS_API_TOKEN)")
+    q.add_argument("--no-wait", action="store_true",
+                   help="with --queue: only queue, print the run ids and the paper table's URL")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (with --queue: a log line per change)")
     p.add_argument("--verbose", "-v", action="store_true", help="log at INFO level")
     p.set_defaults(func=cmd_reproduce)
 
@@ -98,38 +106,70 @@ def _cell(method: str, task: str, bests: list[dict[str, Any]]) -> paper.PaperCel
                            stored_activation_bytes=statistics.fmean(acts) if acts else None)
 
 
-def cmd_reproduce(args: argparse.Namespace) -> int:
+@dataclasses.dataclass
+class SweepPlan:
+    """One (task, method, seed) of a reproduction: its validated base config and the grid points to run."""
+
+    task: str
+    method: str
+    seed: int
+    config: Any  # TrainConfig
+    points: list[dict[str, Any]]
+    grid_source: str
+    base_kwargs: dict[str, Any]  # the hyperparameter flags given (TrainConfig's defaults for the rest)
+
+
+def plan_reproduction(args: argparse.Namespace) -> tuple[list[str], dict[str, str], list[SweepPlan]]:
+    """The suite's tasks, the tasks without data (and why), and one plan per (task, method, seed) of the others,
+    every point's config validated before anything runs: the local mode and --queue submit exactly these.
+    Raises ValueError naming a bad field."""
     from mefts_core.config import TrainConfig
+    from mefts_core.tasks import TASKS
+
+    options = {"data_source": args.data_source} if args.data_source else {}
+    if args.budget is not None and args.budget < 1:
+        raise ValueError(f"budget={args.budget}: must be >= 1")
+    tasks = _suite_tasks(args.suite, args.tasks)
+    no_data = {t: why for t in tasks if (why := _no_data_reason(t, options))}
+    plans = []
+    for task in (t for t in tasks if t not in no_data):
+        for method in args.methods:
+            grid, source = grid_for(method, TASKS[task], args)
+            for seed in args.seeds:
+                config = TrainConfig(backbone=args.backbone, method=method, task=task, task_options=options,
+                                     seed=seed, **_base_kwargs(args))
+                points = grid_points(grid, args.budget, seed)
+                for point in points:  # each point's config validated too (e.g. a batch size the data cannot take)
+                    dataclasses.replace(config, **point)
+                plans.append(SweepPlan(task, method, seed, config, points, source, _base_kwargs(args)))
+    return tasks, no_data, plans
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
     from mefts_core.tasks import TASKS, TaskDataError
 
     setup_logging(args.verbose)
-    options = {"data_source": args.data_source} if args.data_source else {}
     try:
-        if args.budget is not None and args.budget < 1:
-            raise ValueError(f"budget={args.budget}: must be >= 1")
-        tasks = _suite_tasks(args.suite, args.tasks)
-        no_data = {t: why for t in tasks if (why := _no_data_reason(t, options))}
-        plans = []  # (task, method, seed, config, points), each config validated before anything runs
-        for task in (t for t in tasks if t not in no_data):
-            for method in args.methods:
-                grid, source = grid_for(method, TASKS[task], args)
-                for seed in args.seeds:
-                    config = TrainConfig(backbone=args.backbone, method=method, task=task, task_options=options,
-                                         seed=seed, **_base_kwargs(args))
-                    plans.append((task, method, seed, config, grid_points(grid, args.budget, seed), source))
+        tasks, no_data, plans = plan_reproduction(args)
     except ValueError as e:
         fail(str(e), 2)
+    if args.queue:
+        from mefts_core.cli.remote import reproduce_on_server
+
+        return reproduce_on_server(args, no_data, plans)
     bests: dict[tuple[str, str], list[dict[str, Any]]] = {}
     record = []
-    for task, method, seed, config, points, source in plans:
+    for plan in plans:
+        task, method, seed = plan.task, plan.method, plan.seed
         if task in no_data:
             continue
         try:
-            rows, best = _best_of_sweep(config, points, f"{task} {method} seed {seed}", not args.no_progress)
+            rows, best = _best_of_sweep(plan.config, plan.points, f"{task} {method} seed {seed}",
+                                        not args.no_progress)
         except TaskDataError as e:  # e.g. the hub failed while loading: the whole task has no data
             no_data[task] = str(e)
             continue
-        record.append({"task": task, "method": method, "seed": seed, "grid_source": source, "runs": rows,
+        record.append({"task": task, "method": method, "seed": seed, "grid_source": plan.grid_source, "runs": rows,
                        "best": best})
         print(f"{task} / {method} / seed {seed}: " + (f"test {best['test_metrics'][best['main_metric']]:.4f}"
                                                       if best else "no point ran to the end"))
