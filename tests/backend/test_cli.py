@@ -51,3 +51,44 @@ def test_burst_worker_runs_the_queue_then_exports(client, tmp_path):
     assert main(["export", "--run", str(rid), "--artifact", "-o", str(out), "--data-dir", str(tmp_path)]) == 0
     assert out.stat().st_size == run["artifact_bytes"]
     assert hashlib.sha256(out.read_bytes()).hexdigest() == run["artifact_sha256"]
+
+
+def _reproduce(url: str, *extra: str, env: dict[str, str] | None = None, timeout: float = 180):
+    """`mefts reproduce glue --queue URL` on one sst2/lora point (the smallest setting of the local test)."""
+    cmd = [sys.executable, "-m", "backend.cli", "reproduce", "glue", "--queue", url, "--backbone", "tiny-bert",
+           "--tasks", "sst2", "--methods", "lora", "--budget", "1", "--epochs-grid", "1", "--max-train-samples", "8",
+           "--max-eval-samples", "8", "--max-seq-len", "16", "--no-check-gradients", "--no-progress", *extra]
+    return subprocess.run(cmd, cwd=REPO, env={**os.environ, **FAST_ENV, "PYTHONPATH": str(REPO), **(env or {})},
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_reproduce_queues_its_runs_on_a_server_and_writes_the_servers_table(make_server, tmp_path):
+    token = "s3cret-token-for-the-reproduce-test"
+    server = make_server({"MEFTS_API_TOKEN": token})
+    out = tmp_path / "rep"
+    refused = _reproduce(server.url, "--out", str(out), timeout=60)  # no token: 401 at the first run, nothing queued
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert "401" in refused.stderr and "MEFTS_API_TOKEN" in refused.stderr and "nothing was queued" in refused.stderr
+    done = _reproduce(server.url, "--out", str(out), env={"MEFTS_API_TOKEN": token})
+    assert done.returncode == 0, done.stdout + done.stderr
+    runs = server.http.get("/api/runs", params={"limit": 100}).json()["items"]
+    assert [(r["name"], r["status"], r["learning_rate"], r["batch_size"], r["epochs"]) for r in runs] == [
+        ("reproduce glue tiny-bert sst2 lora seed 42 1/1", "succeeded", runs[0]["learning_rate"],
+         runs[0]["batch_size"], 1)]
+    # the point is the local mode's: the glue-large grid's seeded budget-1 subset
+    from mefts_core.cli.sweep import PAPER_GRIDS, grid_points
+
+    grid = {**PAPER_GRIDS["glue-large"][0], "epochs": [1]}
+    [point] = grid_points(grid, 1, 42)
+    assert (runs[0]["learning_rate"], runs[0]["batch_size"]) == (point["learning_rate"], point["batch_size"])
+    served = server.http.get("/api/results/paper.json", params={"suite": "glue", "backbone": "tiny-bert"}).json()
+    [row] = served["rows"]
+    written = list(csv.DictReader((out / "paper-glue.csv").open()))
+    assert written[0]["Method"] == "lora" and float(written[0]["sst2"]) == row["sst2"]
+    assert (out / "paper-glue.md").read_text() == server.http.get(
+        "/api/results/paper.md", params={"suite": "glue", "backbone": "tiny-bert"}).text
+    assert (out / "paper-glue.tex").exists()
+    assert "| lora |" in done.stdout and f"queued 1 runs on {server.url}: {runs[0]['id']}" in done.stdout
+    record = json.loads((out / "reproduce-glue.json").read_text())
+    assert record["runs"] == [{"id": runs[0]["id"], "name": runs[0]["name"], "status": "succeeded"}]
+

@@ -7,6 +7,7 @@ import csv
 import json
 import os
 import random
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -223,3 +224,59 @@ def test_reproduce_writes_the_papers_table_in_three_formats(tmp_path, capsys):
     runs = json.loads((out / "reproduce-glue.json").read_text())
     assert len(runs["sweeps"]) == 9 and set(runs["no_data"]) == {"cola", "stsb", "qqp", "mnli", "qnli"}
     assert "| full |" in capsys.readouterr().out
+
+
+def _queue_args(url: str, *extra: str) -> list[str]:
+    return ["reproduce", "glue", "--queue", url, "--backbone", "tiny-bert", "--tasks", "sst2,rte", "--methods", "lora",
+            "--budget", "1", "--epochs-grid", "1", "--max-train-samples", "8", "--no-progress", *extra]
+
+
+def test_reproduce_queue_checks_every_point_before_contacting_the_server(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(_queue_args("http://127.0.0.1:9", "--backbone", "no-such-bert"))
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "backbone='no-such-bert': unknown backbone" in err and "reach" not in err
+
+
+def test_reproduce_queue_on_an_unreachable_server_is_a_clear_error(capsys):
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}"
+    with pytest.raises(SystemExit) as e:
+        main(_queue_args(url, "--no-wait"))
+    assert e.value.code == 2
+    assert f"error: cannot reach the server at {url}" in capsys.readouterr().err
+
+
+def test_reproduce_queue_stops_at_a_refusal_naming_the_field_and_the_runs_queued(monkeypatch, capsys):
+    import httpx
+
+    from mefts_core.cli import remote
+
+    posted = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.method == "GET":
+            return httpx.Response(200, json={"status": "ok"})
+        body = json.loads(request.content)
+        posted.append(body)
+        if body["task"] == "rte":  # as the service refuses a field: FastAPI's 422 shape
+            return httpx.Response(422, json={"detail": [{"loc": ["body", "hyperparameters", "max_train_samples"],
+                                                         "msg": "max_train_samples=8: too few for rte", "input": 8}]})
+        return httpx.Response(201, json={"id": 7, **body})
+
+    real = remote.Server.__init__
+    monkeypatch.setattr(remote.Server, "__init__", lambda self, url, token: real(self, url, token,
+                                                                                 httpx.MockTransport(answer)))
+    with pytest.raises(SystemExit) as e:
+        main(_queue_args("http://mefts.test", "--no-wait", "--seeds", "1,2"))
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "refused run 'reproduce glue tiny-bert rte lora seed 1 1/1'" in err
+    assert "422 hyperparameters.max_train_samples: max_train_samples=8: too few for rte" in err
+    assert "already queued: runs 7, 7" in err
+    # the local plan: sst2 then rte, each seed's seeded budget point, the hyperparameters given, the name tag
+    assert [(b["task"], b["seed"]) for b in posted] == [("sst2", 1), ("sst2", 2), ("rte", 1)]
+    assert posted[0]["hyperparameters"]["max_train_samples"] == 8 and posted[0]["hyperparameters"]["epochs"] == 1
+    assert posted[0]["name"] == "reproduce glue tiny-bert sst2 lora seed 1 1/1"
