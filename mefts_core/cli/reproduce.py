@@ -1,9 +1,10 @@
 """`reproduce glue|qa`: the paper's sweep for every task of a suite and every method, then the paper's table
 (methods × tasks, average, trainable %, activation memory) in Markdown, LaTeX and CSV.
 
-Per (task, method, seed) the task's paper grid (or a seeded `--budget` subset of it) runs as in `sweep`; the point
-with the best dev score gives the cell's test score (mean ± std over seeds). A task whose data is not available
-(offline: no packaged copy and no --data-dir) shows "no data" with the reason.
+Per (task, method, seed) the task's paper grid (or a seeded `--budget` subset of it) runs as in `sweep`; per task and
+method the grid point with the best mean dev score over the seeds gives the cell's test score (mean ± std over its
+seeds), as the service's table selects. A task whose data is not available (offline: no packaged copy and no
+--data-dir) shows "no data" with the reason. `--queue URL` runs the same plan on a server instead (remote.py).
 """
 
 from __future__ import annotations
@@ -86,8 +87,8 @@ def _no_data_reason(task: str, options: dict[str, Any]) -> str | None:
     return None
 
 
-def _best_of_sweep(config: Any, points: list[dict[str, Any]], desc: str, progress: bool) -> tuple[list, Any]:
-    """Every point's sweep row, and the result of the best by dev score (None if none ran to the end)."""
+def _best_of_sweep(config: Any, points: list[dict[str, Any]], desc: str, progress: bool) -> tuple[list, list, Any]:
+    """Every point's sweep row and result (None where it did not run to the end), and this seed's best by dev."""
     rows, results = [], []
     for i, point in enumerate(points, 1):
         row, res = run_point(point, dataclasses.replace(config, **point), f"{desc} {i}/{len(points)}", progress)
@@ -95,7 +96,24 @@ def _best_of_sweep(config: Any, points: list[dict[str, Any]], desc: str, progres
         results.append(res)
     done = [(r["dev"], i) for i, r in enumerate(rows) if r["status"] == "ok"]
     # the first of the best dev scores, as `sweep` picks it
-    return rows, (results[max(done, key=lambda t: t[0])[1]] if done else None)
+    return rows, results, (results[max(done, key=lambda t: t[0])[1]] if done else None)
+
+
+def select_config(sweeps: list[tuple[list[dict[str, Any]], list[Any]]]) -> list[dict[str, Any]]:
+    """One task and method's cell: over its seeds' sweeps, the grid point with the best mean dev score (the first of
+    equals, in plan order), and its result for each seed that ran it to the end; [] if no point did.
+
+    The service's paper table selects the same way (backend/tables.py results_table: a configuration's mean dev over
+    its seeds, the first of equals in run order), so --queue and the local mode pick the same point."""
+    configs: dict[tuple, list[tuple[float, dict[str, Any]]]] = {}
+    for rows, results in sweeps:
+        for row, res in zip(rows, results):
+            if row["status"] == "ok":
+                key = (row["learning_rate"], row["batch_size"], row["epochs"])
+                configs.setdefault(key, []).append((row["dev"], res))
+    if not configs:
+        return []
+    return [res for _, res in max(configs.values(), key=lambda m: statistics.fmean(d for d, _ in m))]
 
 
 def _cell(method: str, task: str, bests: list[dict[str, Any]]) -> paper.PaperCell:
@@ -157,14 +175,14 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         from mefts_core.cli.remote import reproduce_on_server
 
         return reproduce_on_server(args, no_data, plans)
-    bests: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    sweeps: dict[tuple[str, str], list[tuple[list, list]]] = {}
     record = []
     for plan in plans:
         task, method, seed = plan.task, plan.method, plan.seed
         if task in no_data:
             continue
         try:
-            rows, best = _best_of_sweep(plan.config, plan.points, f"{task} {method} seed {seed}",
+            rows, results, best = _best_of_sweep(plan.config, plan.points, f"{task} {method} seed {seed}",
                                         not args.no_progress)
         except TaskDataError as e:  # e.g. the hub failed while loading: the whole task has no data
             no_data[task] = str(e)
@@ -173,12 +191,12 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
                        "best": best})
         print(f"{task} / {method} / seed {seed}: " + (f"test {best['test_metrics'][best['main_metric']]:.4f}"
                                                       if best else "no point ran to the end"))
-        if best is not None:
-            bests.setdefault((task, method), []).append(best)
+        sweeps.setdefault((task, method), []).append((rows, results))
+    bests = {key: chosen for key, runs in sweeps.items() if (chosen := select_config(runs))}
     cells = [_cell(m, t, b) for (t, m), b in bests.items()]
     sources = {t: sorted({b.get("data_source") or "?" for b in bs}) for (t, _), bs in bests.items()}
     caption = (f"{args.suite.upper()} on {args.backbone}: test {', '.join(sorted({TASKS[t].main_metric for t in tasks}))}"
-               f" (%) of the best-dev grid point, mean over seeds {args.seeds}; Act. MiB: stored activations of one "
+               f" (%) of the grid point with the best mean dev score over seeds {args.seeds}; Act. MiB: stored activations of one "
                f"training step; budget {args.budget or 'full grid'}; data: "
                + ", ".join(f"{t} {'/'.join(s)}" for t, s in sources.items()))
     table = paper.build(tasks, args.methods, cells, {t: no_data[t] for t in tasks if t in no_data}, caption=caption)

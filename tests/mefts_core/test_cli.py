@@ -280,3 +280,19 @@ def test_reproduce_queue_stops_at_a_refusal_naming_the_field_and_the_runs_queued
     assert [(b["task"], b["seed"]) for b in posted] == [("sst2", 1), ("sst2", 2), ("rte", 1)]
     assert posted[0]["hyperparameters"]["max_train_samples"] == 8 and posted[0]["hyperparameters"]["epochs"] == 1
     assert posted[0]["name"] == "reproduce glue tiny-bert sst2 lora seed 1 1/1"
+
+
+def test_reproduce_selects_the_point_with_the_best_mean_dev_over_seeds_as_the_service_does():
+    from mefts_core.cli.reproduce import select_config
+
+    def sweep(*devs):  # one seed's sweep over the points a, b, c (None: the point failed)
+        rows = [{"learning_rate": lr, "batch_size": 16, "epochs": 1, "status": "ok" if d is not None else "failed",
+                 "dev": d} for lr, d in zip((1e-4, 2e-4, 3e-4), devs)]
+        return rows, [None if d is None else {"point": r["learning_rate"], "dev": d} for r, d in zip(rows, devs)]
+
+    # seed 1 alone would pick a, seed 2 alone c; over both seeds b and c tie (0.55) and b comes first
+    chosen = select_config([sweep(0.9, 0.6, 0.5), sweep(0.1, 0.5, 0.6)])
+    assert [(c["point"], c["dev"]) for c in chosen] == [(2e-4, 0.6), (2e-4, 0.5)]
+    # a point that failed for a seed counts with the seeds that ran it; nothing ran: no cell
+    assert [c["dev"] for c in select_config([sweep(0.9, None, 0.1), sweep(None, 0.8, 0.2)])] == [0.9]
+    assert select_config([sweep(None, None, None)]) == []
