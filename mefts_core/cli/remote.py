@@ -181,6 +181,8 @@ def reproduce_on_server(args: argparse.Namespace, no_data: dict[str, str], plans
     """Queue the plan on the server; unless --no-wait, wait for it and write the server's paper table to --out."""
     if args.no_progress:
         log.setLevel(logging.INFO)  # progress lines instead of the bar, even without --verbose
+    if not args.verbose:
+        logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per poll request otherwise (`mefts` logs INFO)
     for task, why in no_data.items():
         log.warning("%s: not queued, no data here (%s)", task, why)
     bodies = run_requests(args, plans)
@@ -201,7 +203,8 @@ def _reproduce(server: Server, args: argparse.Namespace, bodies: list[dict[str, 
     table_url = f"{server.url}/#/paper?suite={args.suite}"
     print(f"queued {len(ids)} runs on {server.url}: {', '.join(map(str, ids))}")
     if args.no_wait:
-        print(f"progress: {server.url}/#/runs; the paper table: {table_url}")
+        print(f"progress: {server.url}/#/runs; the paper table: {table_url} (dashboard), "
+              f"{server.url}/api/results/paper.md?{httpx.QueryParams(suite=args.suite, backbone=args.backbone)}")
         return 0
     try:
         statuses = wait(server, ids, args.backbone, not args.no_progress)

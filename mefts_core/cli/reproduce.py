@@ -168,6 +168,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
     setup_logging(args.verbose)
     try:
+        if not args.queue and (args.no_wait or args.api_token):
+            raise ValueError("--no-wait and --api-token need --queue URL")
         tasks, no_data, plans = plan_reproduction(args)
     except ValueError as e:
         fail(str(e), 2)
