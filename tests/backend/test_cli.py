@@ -9,6 +9,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from backend.cli import build_parser, main
 
 from .conftest import FAST_ENV, REPO, TINY
@@ -53,23 +55,27 @@ def test_burst_worker_runs_the_queue_then_exports(client, tmp_path):
     assert hashlib.sha256(out.read_bytes()).hexdigest() == run["artifact_sha256"]
 
 
-def _reproduce(url: str, *extra: str, env: dict[str, str] | None = None, timeout: float = 180):
+def _reproduce_args(url: str, *extra: str) -> list[str]:
     """`mefts reproduce glue --queue URL` on one sst2/lora point (the smallest setting of the local test)."""
-    cmd = [sys.executable, "-m", "backend.cli", "reproduce", "glue", "--queue", url, "--backbone", "tiny-bert",
-           "--tasks", "sst2", "--methods", "lora", "--budget", "1", "--epochs-grid", "1", "--max-train-samples", "8",
-           "--max-eval-samples", "8", "--max-seq-len", "16", "--no-check-gradients", "--no-progress", *extra]
-    return subprocess.run(cmd, cwd=REPO, env={**os.environ, **FAST_ENV, "PYTHONPATH": str(REPO), **(env or {})},
-                          capture_output=True, text=True, timeout=timeout)
+    return ["reproduce", "glue", "--queue", url, "--backbone", "tiny-bert", "--tasks", "sst2", "--methods", "lora",
+            "--budget", "1", "--epochs-grid", "1", "--max-train-samples", "8", "--max-eval-samples", "8",
+            "--max-seq-len", "16", "--no-check-gradients", "--no-progress", *extra]
 
 
-def test_reproduce_queues_its_runs_on_a_server_and_writes_the_servers_table(make_server, tmp_path):
+def test_reproduce_queues_its_runs_on_a_server_and_writes_the_servers_table(make_server, tmp_path, monkeypatch,
+                                                                            capsys):
     token = "s3cret-token-for-the-reproduce-test"
     server = make_server({"MEFTS_API_TOKEN": token})
     out = tmp_path / "rep"
-    refused = _reproduce(server.url, "--out", str(out), timeout=60)  # no token: 401 at the first run, nothing queued
-    assert refused.returncode == 2 and "Traceback" not in refused.stderr
-    assert "401" in refused.stderr and "MEFTS_API_TOKEN" in refused.stderr and "nothing was queued" in refused.stderr
-    done = _reproduce(server.url, "--out", str(out), env={"MEFTS_API_TOKEN": token})
+    monkeypatch.delenv("MEFTS_API_TOKEN", raising=False)
+    with pytest.raises(SystemExit) as refused:  # no token: 401 at the first run, nothing queued
+        main(_reproduce_args(server.url, "--out", str(out)))
+    err = capsys.readouterr().err
+    assert refused.value.code == 2 and "401" in err and "MEFTS_API_TOKEN" in err and "nothing was queued" in err
+    # the real command line, as a user runs it
+    done = subprocess.run([sys.executable, "-m", "backend.cli", *_reproduce_args(server.url, "--out", str(out))],
+                          cwd=REPO, env={**os.environ, **FAST_ENV, "PYTHONPATH": str(REPO), "MEFTS_API_TOKEN": token},
+                          capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stdout + done.stderr
     runs = server.http.get("/api/runs", params={"limit": 100}).json()["items"]
     assert [(r["name"], r["status"], r["learning_rate"], r["batch_size"], r["epochs"]) for r in runs] == [
