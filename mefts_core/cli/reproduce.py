@@ -30,7 +30,9 @@ def add_reproduce_command(subparsers: Any) -> None:
     p = subparsers.add_parser("reproduce", help="the paper's table for a suite: sweep every task and method",
                               description="Run the paper's grid (or --budget points of it) for every task of the "
                                           "suite and every method, and write the paper's table (methods x tasks, "
-                                          "average, trainable %%, activation memory) as Markdown, LaTeX and CSV.")
+                                          "average, trainable %%, activation memory) as Markdown, LaTeX and CSV. "
+                                          "With --queue URL the same runs go to a mefts server's queue and the "
+                                          "table is the server's.")
     p.add_argument("suite", choices=paper.SUITES, help="glue (8 tasks) or qa (5 tasks)")
     p.add_argument("--backbone", required=True, help="registry name (minilm-l6, tiny-bert, ...) or a model folder")
     p.add_argument("--methods", type=comma_list(str), default=DEFAULT_METHODS,

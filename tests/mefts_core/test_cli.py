@@ -296,3 +296,47 @@ def test_reproduce_selects_the_point_with_the_best_mean_dev_over_seeds_as_the_se
     # a point that failed for a seed counts with the seeds that ran it; nothing ran: no cell
     assert [c["dev"] for c in select_config([sweep(0.9, None, 0.1), sweep(None, 0.8, 0.2)])] == [0.9]
     assert select_config([sweep(None, None, None)]) == []
+
+
+def test_reproduce_queue_waits_then_writes_the_servers_table_and_exits_1_without_a_number(monkeypatch, tmp_path,
+                                                                                         capsys):
+    import httpx
+
+    from mefts_core.cli import remote
+
+    polls = {"list": 0}
+    table = {"columns": ["Method", "cola", "sst2", "Avg", "Trainable %", "Act. MiB"],
+             "rows": [{"Method": "lora", "cola": "no data", "sst2": None, "Avg": None, "Trainable %": None,
+                       "Act. MiB": None}], "cells": [], "notes": []}
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        path = request.url.path
+        if request.method == "POST":
+            return httpx.Response(201, json={"id": 3})
+        if path == "/api/runs":  # the active list: the run is queued for two polls, then gone from it
+            polls["list"] += 1
+            active = polls["list"] <= 2 and request.url.params["status"] == "queued,running"
+            return httpx.Response(200, json={"total": int(active), "items": [{"id": 3}] if active else []})
+        if path == "/api/runs/3":
+            return httpx.Response(200, json={"id": 3, "status": "does_not_fit"})
+        if path.startswith("/api/results/paper."):
+            assert dict(request.url.params) == {"suite": "glue", "backbone": "tiny-bert"}
+            fmt = path.rsplit(".", 1)[1]
+            return httpx.Response(200, json=table) if fmt == "json" else httpx.Response(200, text=f"the {fmt} table\n")
+        return httpx.Response(200, json={"status": "ok"})
+
+    real = remote.Server.__init__
+    monkeypatch.setattr(remote.Server, "__init__", lambda self, url, token: real(self, url, token,
+                                                                                 httpx.MockTransport(answer)))
+    monkeypatch.setattr(remote, "POLL_SECONDS", 0.01)
+    code = main(_queue_args("http://mefts.test", "--tasks", "sst2", "--out", str(tmp_path)))
+    assert code == 1  # the table has no number: the one run did not fit
+    assert polls["list"] >= 3 and "the md table" in capsys.readouterr().out
+    assert [(tmp_path / f"paper-glue.{f}").read_text() for f in ("md", "tex", "csv")] == [
+        "the md table\n", "the tex table\n", "the csv table\n"]
+    record = json.loads((tmp_path / "reproduce-glue.json").read_text())
+    assert record["runs"] == [{"id": 3, "name": "reproduce glue tiny-bert sst2 lora seed 42 1/1",
+                               "status": "does_not_fit"}]
+    assert record["table"] == table
+    table["rows"][0]["sst2"] = 50.0
+    assert remote._has_cell(table)
