@@ -73,10 +73,10 @@ def _refusal(res: httpx.Response) -> str:
 class Server:
     """A mefts server's API over httpx; every failure is a ServerError with a sentence for the user."""
 
-    def __init__(self, url: str, token: str | None, transport: httpx.BaseTransport | None = None) -> None:
+    def __init__(self, url: str, token: str | None) -> None:
         self.url = url.rstrip("/")
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self.http = httpx.Client(base_url=self.url, headers=headers, timeout=30, transport=transport)
+        self.http = httpx.Client(base_url=self.url, headers=headers, timeout=30)
 
     def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:

@@ -72,6 +72,11 @@ def test_reproduce_queues_its_runs_on_a_server_and_writes_the_servers_table(make
         main(_reproduce_args(server.url, "--out", str(out)))
     err = capsys.readouterr().err
     assert refused.value.code == 2 and "401" in err and "MEFTS_API_TOKEN" in err and "nothing was queued" in err
+    # a seed the local config takes but the service cannot store: the server's 422, naming the field
+    with pytest.raises(SystemExit) as refused:
+        main(_reproduce_args(server.url, "--out", str(out), "--seeds", str(2**31), "--api-token", token))
+    err = capsys.readouterr().err
+    assert refused.value.code == 2 and "422 seed:" in err and "nothing was queued" in err, err
     # the real command line, as a user runs it
     done = subprocess.run([sys.executable, "-m", "backend.cli", *_reproduce_args(server.url, "--out", str(out))],
                           cwd=REPO, env={**os.environ, **FAST_ENV, "PYTHONPATH": str(REPO), "MEFTS_API_TOKEN": token},
