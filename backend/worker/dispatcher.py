@@ -136,8 +136,8 @@ class Dispatcher:
                 run_id, attempt = run.id, run.attempts
                 # provisional: the job replaces it when it reports its start; if it never does, it still times out
                 start_by = utcnow() + dt.timedelta(seconds=self.settings.job_start_seconds)
-                crud.set_run_info(session=s, run_id=run_id, attempt=attempt, values={
-                    "deadline_at": deadline(run.config, self.settings.run_timeout_seconds, start_by)})
+                if (due := deadline(run.config, self.settings.run_timeout_seconds, start_by)) is not None:
+                    crud.set_run_info(session=s, run_id=run_id, attempt=attempt, values={"deadline_at": due})
             try:
                 handle = self.executor.start(run_id=run_id, attempt=attempt, slot=slot)
             except Exception as e:  # OSError from a local start, any error of a Ray submission

@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 import time
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -154,30 +155,26 @@ def wait(server: Server, ids: Sequence[int], backbone: str, progress: bool) -> d
 
 
 def _counts(statuses: dict[int, str]) -> str:
-    out: dict[str, int] = {}
-    for s in statuses.values():
-        out[s] = out.get(s, 0) + 1
-    return ", ".join(f"{n} {s}" for s, n in sorted(out.items())) or "none yet"
+    return ", ".join(f"{n} {s}" for s, n in sorted(Counter(statuses.values()).items())) or "none yet"
 
 
 def _has_cell(table: dict[str, Any]) -> bool:
     """Whether the server's paper table (its JSON) has a number in a task column."""
-    task_columns = table["columns"][1:-3]  # Method, tasks..., Avg, Trainable %, Act. MiB
-    return any(isinstance(row.get(c), int | float) for row in table["rows"] for c in task_columns)
-
-
-def _foreign_runs(server: Server, args: argparse.Namespace, ours: int) -> int:
-    """How many succeeded runs of this suite and backbone on the server are not this reproduction's: the server's
-    table selects from all of them."""
     from mefts_core.tasks import TASKS
 
-    tasks = [n for n, t in TASKS.items() if t.kind == args.suite]
+    return any(isinstance(row.get(c), int | float) for row in table["rows"] for c in table["columns"] if c in TASKS)
+
+
+def _foreign_runs(server: Server, args: argparse.Namespace, tasks: Sequence[str], ours: int) -> int:
+    """How many succeeded runs of the suite's `tasks` and this backbone on the server are not this reproduction's:
+    the server's table selects from all of them."""
     page = server.request("GET", "/api/runs", params={"status": "succeeded", "backbone": args.backbone,
                                                       "task": ",".join(tasks), "limit": 1}).json()
     return max(0, page["total"] - ours)
 
 
-def reproduce_on_server(args: argparse.Namespace, no_data: dict[str, str], plans: Sequence[Any]) -> int:
+def reproduce_on_server(args: argparse.Namespace, tasks: Sequence[str], no_data: dict[str, str],
+                        plans: Sequence[Any]) -> int:
     """Queue the plan on the server; unless --no-wait, wait for it and write the server's paper table to --out."""
     if args.no_progress:
         log.setLevel(logging.INFO)  # progress lines instead of the bar, even without --verbose
@@ -190,14 +187,14 @@ def reproduce_on_server(args: argparse.Namespace, no_data: dict[str, str], plans
         fail("nothing to queue: no task of the suite has data", 1)
     server = Server(args.queue, args.api_token or os.environ.get(TOKEN_ENV))
     try:
-        return _reproduce(server, args, bodies)
+        return _reproduce(server, args, tasks, bodies)
     except ServerError as e:
         fail(str(e), 2)
     finally:
         server.close()
 
 
-def _reproduce(server: Server, args: argparse.Namespace, bodies: list[dict[str, Any]]) -> int:
+def _reproduce(server: Server, args: argparse.Namespace, tasks: Sequence[str], bodies: list[dict[str, Any]]) -> int:
     server.request("GET", "/api/health")  # unreachable: one clear error before anything is sent
     ids = submit(server, bodies)
     table_url = f"{server.url}/#/paper?suite={args.suite}"
@@ -213,7 +210,7 @@ def _reproduce(server: Server, args: argparse.Namespace, bodies: list[dict[str, 
         return 130
     log.info("all %d runs finished: %s", len(ids), _counts(statuses))
     ours = sum(s == "succeeded" for s in statuses.values())
-    if foreign := _foreign_runs(server, args, ours):
+    if foreign := _foreign_runs(server, args, tasks, ours):
         log.warning("the server's table also selects from %d succeeded %s runs on %s that this reproduction did not "
                     "queue", foreign, args.suite, args.backbone)
     params = {"suite": args.suite, "backbone": args.backbone}

@@ -151,17 +151,18 @@ def plan_reproduction(args: argparse.Namespace) -> tuple[list[str], dict[str, st
         raise ValueError(f"budget={args.budget}: must be >= 1")
     tasks = _suite_tasks(args.suite, args.tasks)
     no_data = {t: why for t in tasks if (why := _no_data_reason(t, options))}
+    base = _base_kwargs(args)
     plans = []
     for task in (t for t in tasks if t not in no_data):
         for method in args.methods:
             grid, source = grid_for(method, TASKS[task], args)
             for seed in args.seeds:
                 config = TrainConfig(backbone=args.backbone, method=method, task=task, task_options=options,
-                                     seed=seed, **_base_kwargs(args))
+                                     seed=seed, **base)
                 points = grid_points(grid, args.budget, seed)
                 for point in points:  # each point's config validated too (e.g. a batch size the data cannot take)
                     dataclasses.replace(config, **point)
-                plans.append(SweepPlan(task, method, seed, config, points, source, _base_kwargs(args)))
+                plans.append(SweepPlan(task, method, seed, config, points, source, base))
     return tasks, no_data, plans
 
 
@@ -178,7 +179,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     if args.queue:
         from mefts_core.cli.remote import reproduce_on_server
 
-        return reproduce_on_server(args, no_data, plans)
+        return reproduce_on_server(args, tasks, no_data, plans)
     sweeps: dict[tuple[str, str], list[tuple[list, list]]] = {}
     record = []
     for plan in plans:

@@ -35,7 +35,7 @@ The activation peak is the stored activations plus the largest transient of back
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from mefts_core.methods.registry import LayerTraining
@@ -45,19 +45,27 @@ from mefts_core.methods.registry import LayerTraining
 
 @dataclass(frozen=True)
 class Shape:
-    n: int  # tokens B·T
     B: int
     T: int
     d: int
     I: int  # noqa: E741  (the FFN width)
     h: int
-    A: int  # attention scores B·h·T²
     e: int  # element bytes
     m: int  # dropout-mask element bytes
     p_hidden: float
     p_attn: float
     fused_attention: bool
-    P: int = 0  # key/value positions before the tokens' own (prefix-tuning): A is then B·h·T·(T + P)
+    P: int = 0  # key/value positions before the tokens' own (prefix-tuning)
+
+    @property
+    def n(self) -> int:
+        """Tokens: B·T."""
+        return self.B * self.T
+
+    @property
+    def A(self) -> int:  # noqa: N802  (the equations' name)
+        """Attention scores: B·h·T·(T + P), each query against its T + P keys."""
+        return self.B * self.h * self.T * (self.T + self.P)
 
     def nd(self, k: float = 1.0) -> float:
         return k * self.n * self.d * self.e
@@ -288,7 +296,7 @@ def _meft_attention(s: Shape, t: LayerTraining, chunk_tokens: int | str) -> tupl
     from mefts_core.engine.attention import attention_chunk
 
     chunked = bool(chunk_tokens) and not s.fused_attention and s.p_attn > 0
-    shape = Shape(**{**asdict(s), "fused_attention": s.fused_attention or chunked})
+    shape = replace(s, fused_attention=s.fused_attention or chunked)
     attn, _ = _attn_saved(shape, t, True)
     attn.pop("x", None)
     if not chunked:

@@ -158,10 +158,10 @@ def estimate_memory(backbone: str, method: str, batch_size: int, seq_len: int, l
         train = method_spec(method).estimate(opts)
     except ConfigError as e:
         raise e.within("options") from e
-    B, T, P = batch_size, seq_len, train.prefix  # each query sees T + P keys (P: a trained prefix)
-    s = Shape(n=B * T, B=B, T=T, d=shape["hidden"], I=shape["ffn"], h=shape["heads"],
-              A=B * shape["heads"] * T * (T + P), e=e, m=e if device == "cpu" else 1, p_hidden=shape["p_hidden"],
-              p_attn=shape["p_attn"], fused_attention=attention == "fused", P=P)
+    # P: a trained prefix's key/value positions (each query sees T + P keys)
+    s = Shape(B=batch_size, T=seq_len, d=shape["hidden"], I=shape["ffn"], h=shape["heads"], e=e,
+              m=e if device == "cpu" else 1, p_hidden=shape["p_hidden"], p_attn=shape["p_attn"],
+              fused_attention=attention == "fused", P=train.prefix)
     static = _static_bytes(summary, s, device)
     # AdamW's temporaries: CPU per tensor (twice the largest), CUDA foreach (one copy of all trainable parameters)
     opt_step = 2 * summary["largest_trainable"] if device == "cpu" else summary["trainable_bytes"]

@@ -176,28 +176,25 @@ def _max_batch(q: Query, mem: list[Point], searches: list[Search], estimate) -> 
     for s in searches:
         if abs(s.budget_bytes - q.budget_bytes) < 1 << 20:
             return figure(s.max_batch, "measured", f"batch search with real OOM at this budget ({s.where})"), None
-    fit = [p for p in mem if p.peak_bytes <= q.budget_bytes]
-    miss = [p for p in mem if p.peak_bytes > q.budget_bytes]
-    if fit and miss:
-        lo = max(fit, key=lambda p: p.batch_size)
-        hi = min((p for p in miss if p.batch_size > lo.batch_size), key=lambda p: p.batch_size, default=None)
-        if hi is not None and hi.batch_size == lo.batch_size + 1:
+    # the largest batch measured to fit, and the smallest above it measured not to
+    lo = max((p for p in mem if p.peak_bytes <= q.budget_bytes), key=lambda p: p.batch_size, default=None)
+    hi = min((p for p in mem if p.peak_bytes > q.budget_bytes and (lo is None or p.batch_size > lo.batch_size)),
+             key=lambda p: p.batch_size, default=None)
+    if lo is not None and hi is not None:
+        if hi.batch_size == lo.batch_size + 1:
             return figure(lo.batch_size, "measured", f"B={lo.batch_size} fits, B={hi.batch_size} does not "
                                                      f"({lo.where})"), None
-        if hi is not None:
-            b = _interpolate(q.budget_bytes, lo.peak_bytes, lo.batch_size, hi.peak_bytes, hi.batch_size)
-            b = min(max(math.floor(b + 1e-9), lo.batch_size), hi.batch_size - 1)
-            how = (f"peak linear in the batch between measured B={lo.batch_size} ({_gib(lo.peak_bytes)}) and "
-                   f"B={hi.batch_size} ({_gib(hi.peak_bytes)})")
-            return figure(b, "interpolated", how), (lo, hi)
-    return _within_measured(estimate(), fit, miss), None
+        b = _interpolate(q.budget_bytes, lo.peak_bytes, lo.batch_size, hi.peak_bytes, hi.batch_size)
+        b = min(max(math.floor(b + 1e-9), lo.batch_size), hi.batch_size - 1)
+        how = (f"peak linear in the batch between measured B={lo.batch_size} ({_gib(lo.peak_bytes)}) and "
+               f"B={hi.batch_size} ({_gib(hi.peak_bytes)})")
+        return figure(b, "interpolated", how), (lo, hi)
+    return _within_measured(estimate(), lo, hi), None
 
 
-def _within_measured(est: dict, fit: list[Point], miss: list[Point]) -> dict:
-    """The estimate, held to what was measured at this budget: at least the largest batch that fit (also when
-    there is no estimate), below the smallest that did not."""
-    lo = max(fit, key=lambda p: p.batch_size, default=None)
-    hi = min(miss, key=lambda p: p.batch_size, default=None)
+def _within_measured(est: dict, lo: Point | None, hi: Point | None) -> dict:
+    """The estimate, held to what was measured at this budget: at least `lo`, the largest batch that fit (also when
+    there is no estimate), below `hi`, the smallest that did not."""
     v = est["value"]
     if lo is not None and (v is None or v < lo.batch_size):
         lower = "" if v is None else f"; the analytic estimate, B={v}, is lower"

@@ -38,7 +38,7 @@ _SIDE_LAYER = LayerTraining(weights=frozenset("qkvoif"), biases=True)
 def side_shape(s: Shape, r: int) -> Shape:
     """The side network's shape: the batch's tokens at width d/r, FFN I/r, h' heads (mefts_core.methods.lst)."""
     d, inner, heads = side_width(s.d, s.I, s.h, r)
-    return replace(s, d=d, I=inner, h=heads, A=s.B * heads * s.T * s.T, P=0)
+    return replace(s, d=d, I=inner, h=heads, P=0)
 
 
 def ladder_bytes(s: Shape, r: int, shape: dict[str, Any], num_labels: int) -> tuple[dict[str, float], float, float]:

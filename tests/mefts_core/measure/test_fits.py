@@ -85,6 +85,10 @@ def test_an_estimate_is_held_to_the_measured_fits_and_misses():
     opt = fits.Query(budget, "tiny-opt", 64)
     got = fits.fits(opt, [{**_row("lora", 4, budget // 2), "backbone": "tiny-opt"}], ["lora"])["methods"][0]
     assert got["max_batch"]["value"] == 4 and got["max_batch"]["source"] == "measured", got["max_batch"]
+    # a miss below a measured fit (rows that disagree) does not cap the estimate under that fit
+    got = {m["method"]: m for m in fits.fits(_q(budget), [_row("lora", 2, budget // 2), _row("lora", 1, budget + 1)])[
+        "methods"]}["lora"]
+    assert got["max_batch"]["value"] == b and got["max_batch"]["source"] == "estimated", got["max_batch"]
     # measured points consistent with the estimate leave it as it is
     got = {m["method"]: m for m in fits.fits(_q(budget), [_row("lora", 1, 1)])["methods"]}["lora"]
     assert got["max_batch"] == {"value": b, "source": "estimated", "how": got["max_batch"]["how"]}
